@@ -1,0 +1,166 @@
+/**
+ * The `cpu` backend: host memory in typed arrays (float32 → Float32Array; float16 / bfloat16 → Uint16Array of
+ * raw bits), GEMM on OpenBLAS and the elementwise kernels of `native/core/kernels.cc`. Compute is float32:
+ * kernels given float16 / bfloat16 storage reject with a TypeError (cast with `t.to('float32')` first).
+ *
+ * @module
+ * @internal
+ */
+import { loadCore } from '../native';
+import { DType, Device, DeviceOps, ITEM_SIZE, Storage } from './types';
+
+/** Host storage over a typed array. V8 accounts the ArrayBuffer itself. */
+export class HostStorage implements Storage {
+  readonly device: Device = 'cpu';
+  readonly numel: number;
+  readonly bytes: number;
+  private _data: Float32Array | Uint16Array | null;
+
+  constructor(readonly dtype: DType, data: Float32Array | Uint16Array) {
+    this._data = data;
+    this.numel = data.length;
+    this.bytes = data.length * ITEM_SIZE[dtype];
+  }
+
+  /** The elements (raw bits for float16/bfloat16). */
+  get data(): Float32Array | Uint16Array {
+    if (this._data === null) throw new Error('host storage used after free');
+    return this._data;
+  }
+
+  /** The elements as Float32Array; throws unless the dtype is float32. */
+  get f32(): Float32Array {
+    if (this.dtype !== 'float32') {
+      throw new TypeError(`Expected float32 tensor for host compute but received ${this.dtype} (cast with t.to('float32'))`);
+    }
+    return this.data as Float32Array;
+  }
+
+  free(): void {
+    this._data = null;
+  }
+}
+
+function host(s: Storage): HostStorage {
+  return s as HostStorage;
+}
+
+function alloc(numel: number, dtype: DType): HostStorage {
+  return new HostStorage(dtype, dtype === 'float32' ? new Float32Array(numel) : new Uint16Array(numel));
+}
+
+const CAST_TO_BITS = { bfloat16: 0, float16: 2 } as const;
+const CAST_FROM_BITS = { bfloat16: 1, float16: 3 } as const;
+
+/** float32 values → float16/bfloat16 bits (round to nearest even). */
+export function floatToBits(data: Float32Array, dtype: 'float16' | 'bfloat16'): Uint16Array {
+  const out = new Uint16Array(data.length);
+  loadCore().cast(data, out, CAST_TO_BITS[dtype]);
+  return out;
+}
+
+/** float16/bfloat16 bits → float32 values (exact). */
+export function bitsToFloat(bits: Uint16Array, dtype: 'float16' | 'bfloat16'): Float32Array {
+  const out = new Float32Array(bits.length);
+  loadCore().cast(bits, out, CAST_FROM_BITS[dtype]);
+  return out;
+}
+
+function toF32(s: HostStorage): Float32Array {
+  return s.dtype === 'float32' ? (s.data as Float32Array) : bitsToFloat(s.data as Uint16Array, s.dtype);
+}
+
+/** Copies a slice along `dim` (row-major), chunk by contiguous chunk. */
+function narrowArray<T extends Float32Array | Uint16Array>(src: T, shape: readonly number[], dim: number, start: number, length: number): T {
+  let outer = 1;
+  for (let i = 0; i < dim; i++) outer *= shape[i]!;
+  let inner = 1;
+  for (let i = dim + 1; i < shape.length; i++) inner *= shape[i]!;
+  const size = shape[dim]!;
+  const out = new (src.constructor as { new (n: number): T })(outer * length * inner);
+  const block = length * inner;
+  for (let o = 0; o < outer; o++) {
+    const from = (o * size + start) * inner;
+    out.set(src.subarray(from, from + block), o * block);
+  }
+  return out;
+}
+
+/** Concatenates equal parts along `dim`. */
+function catArrays<T extends Float32Array | Uint16Array>(parts: T[], partShape: readonly number[], dim: number): T {
+  let outer = 1;
+  for (let i = 0; i < dim; i++) outer *= partShape[i]!;
+  let block = 1;
+  for (let i = dim; i < partShape.length; i++) block *= partShape[i]!;
+  const n = parts.length;
+  const out = new (parts[0]!.constructor as { new (n: number): T })(outer * block * n);
+  for (let o = 0; o < outer; o++) {
+    for (let p = 0; p < n; p++) out.set(parts[p]!.subarray(o * block, (o + 1) * block), (o * n + p) * block);
+  }
+  return out;
+}
+
+/** The cpu backend's kernels. */
+export const cpuOps: DeviceOps = {
+  zeros: (numel, dtype) => alloc(numel, dtype),
+  empty: (numel, dtype) => alloc(numel, dtype),
+  fromFloat32(data, dtype) {
+    return new HostStorage(dtype, dtype === 'float32' ? Float32Array.from(data) : floatToBits(data, dtype));
+  },
+  fromBits: (bits, dtype) => new HostStorage(dtype, Uint16Array.from(bits)),
+  async toFloat32(s) {
+    const h = host(s);
+    return h.dtype === 'float32' ? Float32Array.from(h.data as Float32Array) : bitsToFloat(h.data as Uint16Array, h.dtype);
+  },
+  async writeFloat32(s, data) {
+    const h = host(s);
+    if (h.dtype === 'float32') (h.data as Float32Array).set(data);
+    else (h.data as Uint16Array).set(floatToBits(data, h.dtype));
+  },
+  narrow: (s, shape, dim, start, length) => new HostStorage(s.dtype, narrowArray(host(s).data, shape, dim, start, length)),
+  cat: (parts, partShape, dim) => new HostStorage(parts[0]!.dtype, catArrays(parts.map((p) => host(p).data), partShape, dim)),
+  cast(s, dtype) {
+    const h = host(s);
+    if (h.dtype === dtype) return new HostStorage(dtype, h.data.slice());
+    const f = toF32(h);
+    return new HostStorage(dtype, dtype === 'float32' ? (f === h.data ? f.slice() : f) : floatToBits(f, dtype));
+  },
+  async matmul(a, b, M, N, K, transA, transB) {
+    const out = alloc(M * N, 'float32');
+    await loadCore().sgemm(transA, transB, M, N, K, host(a).f32, host(b).f32, out.f32, 0);
+    return out;
+  },
+  async linear(x, w, bias, rows, inF, outF) {
+    const out = alloc(rows * outF, 'float32');
+    await loadCore().linear(host(x).f32, host(w).f32, bias ? host(bias).f32 : null, out.f32, rows, inF, outF);
+    return out;
+  },
+  async biasAdd(y, bias, rows, cols) {
+    await loadCore().biasAdd(host(y).f32, host(bias).f32, rows, cols);
+  },
+  async siluAndMul(x, rows, d) {
+    const out = alloc(rows * d, 'float32');
+    await loadCore().siluAndMul(host(x).f32, out.f32, rows, d);
+    return out;
+  },
+  async rmsNorm(x, weight, rows, cols, eps) {
+    const out = alloc(rows * cols, 'float32');
+    await loadCore().rmsNorm(host(x).f32, host(weight).f32, out.f32, rows, cols, eps);
+    return out;
+  },
+  async add(a, b) {
+    const out = alloc(a.numel, 'float32');
+    await loadCore().add(host(a).f32, host(b).f32, out.f32, a.numel);
+    return out;
+  },
+  async embedding(table, ids, dim) {
+    const src = host(table).f32;
+    const out = alloc(ids.length * dim, 'float32');
+    const o = out.f32;
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (id >= 0) o.set(src.subarray(id * dim, (id + 1) * dim), i * dim);
+    }
+    return out;
+  },
+};

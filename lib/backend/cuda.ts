@@ -1,0 +1,225 @@
+/**
+ * The `cuda` backend: tensors in GPU memory (`cuda:N`), GEMM on cuBLASLt/cuBLAS and the small CUDA kernels of
+ * `native/cuda/kernels.cu`. float32, float16 and bfloat16 all compute (float32 accumulation); results keep the
+ * inputs' dtype.
+ *
+ * Execution model: one stream per device per process. Every op enqueues its work on the device's stream and
+ * returns without a device-wide synchronisation (the Promise-returning ops of {@link DeviceOps} resolve as soon
+ * as the work is enqueued); stream order makes a later op see an earlier op's result. Only readbacks
+ * (`toFloat32`) wait, and they wait for a CUDA event off the main thread. Memory comes from a stream-ordered
+ * pool (`cudaMallocFromPoolAsync`, release threshold at max so freed blocks are reused) and is reported to V8.
+ *
+ * Loaded lazily by `lib/tensor.ts` the first time a cuda device is asked for; importing it registers the
+ * backend with {@link registerCudaBackend}. Without the addon or a GPU, every cuda op throws a TpkitError
+ * (`CUDA_UNAVAILABLE` / `NO_CUDA_DEVICE`); nothing crashes.
+ *
+ * @module
+ * @internal
+ */
+import { TpkitError } from '../errors';
+import { type CudaAddon, loadCuda, type NativeDeviceBuffer } from '../native/cuda';
+import { registerCudaBackend } from '../tensor';
+import { rangeError } from '../validate';
+import { DTYPE_CODE, DType, Device, DeviceOps, ITEM_SIZE, Storage } from './types';
+
+/**
+ * Storage in device memory: one native DeviceBuffer (`native/cuda/device_buffer.h`).
+ * `free()` returns the memory to the device's pool, ordered after every op already enqueued that uses it.
+ */
+export class CudaStorage implements Storage {
+  /** `cuda:N` */
+  readonly device: Device;
+  /** Element count. */
+  readonly numel: number;
+  /** Size in bytes. */
+  readonly bytes: number;
+  readonly #buffer: NativeDeviceBuffer;
+
+  /**
+   * @param dtype - element type of the buffer
+   * @param buffer - the native buffer this storage owns from now on
+   */
+  constructor(readonly dtype: DType, buffer: NativeDeviceBuffer) {
+    this.#buffer = buffer;
+    this.device = `cuda:${buffer.device}`;
+    this.numel = buffer.numel;
+    this.bytes = buffer.numel * ITEM_SIZE[dtype];
+  }
+
+  /** CUDA device index. */
+  get deviceIndex(): number {
+    return this.#buffer.device;
+  }
+
+  /**
+   * The native buffer (for the nccl communicator).
+   *
+   * @throws TpkitError `DISPOSED` after free()
+   */
+  get buffer(): NativeDeviceBuffer {
+    if (this.#buffer.freed) throw new TpkitError('DISPOSED', `device storage on ${this.device} was used after free()`, { backend: 'cuda' });
+    return this.#buffer;
+  }
+
+  /** Frees the device memory (idempotent, stream-ordered). */
+  free(): void {
+    this.#buffer.free();
+  }
+}
+
+let visibleDevices: number | undefined;
+
+/**
+ * The CUDA addon, once it is known to have a device.
+ *
+ * @throws TpkitError `CUDA_UNAVAILABLE` when the addon is not built or cannot load; `NO_CUDA_DEVICE` when no GPU
+ *   is visible (cudaGetDeviceCount failed or returned 0)
+ */
+export function cudaAddon(): CudaAddon {
+  const native = loadCuda();
+  if (visibleDevices === undefined) visibleDevices = native.status().deviceCount;
+  if (visibleDevices === 0) {
+    const why = native.status().deviceError ?? 'cudaGetDeviceCount reported 0 devices';
+    throw new TpkitError(
+      'NO_CUDA_DEVICE',
+      `no CUDA device is visible (${why}); cuda tensors need an NVIDIA GPU with its driver (check nvidia-smi and CUDA_VISIBLE_DEVICES)`,
+      { backend: 'cuda' },
+    );
+  }
+  return native;
+}
+
+/**
+ * The index N of `cuda:N`, checked against the visible devices.
+ *
+ * @throws RangeError when N ≥ the number of visible devices; TpkitError as {@link cudaAddon}
+ */
+export function cudaDeviceIndex(device: Device): number {
+  cudaAddon();
+  const count = visibleDevices!;
+  const n = device.startsWith('cuda:') ? Number(device.slice(5)) : NaN;
+  if (!Number.isInteger(n) || n < 0 || n >= count) {
+    throw rangeError(`'cuda:N' with N in [0, ${count})`, 'device', device);
+  }
+  return n;
+}
+
+/**
+ * Allocates uninitialised device storage of `numel` elements of `dtype` on device `index`.
+ *
+ * @throws TpkitError `CUDA_ERROR_MEMORY_ALLOCATION` when the device is out of memory
+ */
+export function allocCuda(index: number, dtype: DType, numel: number): CudaStorage {
+  const native = cudaAddon();
+  return new CudaStorage(dtype, new native.DeviceBuffer(index, DTYPE_CODE[dtype], numel));
+}
+
+function dev(s: Storage): CudaStorage {
+  return s as CudaStorage;
+}
+
+function buf(s: Storage): NativeDeviceBuffer {
+  return (s as CudaStorage).buffer;
+}
+
+function product(dims: readonly number[], from: number, to: number): number {
+  let n = 1;
+  for (let i = from; i < to; i++) n *= dims[i]!;
+  return n;
+}
+
+/** Allocates the output like `like`, runs `fill` on it, and frees it again when `fill` throws. */
+function produce(like: Storage, dtype: DType, numel: number, fill: (out: NativeDeviceBuffer) => void): CudaStorage {
+  const out = allocCuda(dev(like).deviceIndex, dtype, numel);
+  try {
+    fill(out.buffer);
+  } catch (e) {
+    out.free();
+    throw e;
+  }
+  return out;
+}
+
+/** The cuda backend's kernels and transfers (see the module docs for the execution model). */
+export const cudaOps: DeviceOps = {
+  zeros(numel, dtype, device) {
+    const out = allocCuda(cudaDeviceIndex(device), dtype, numel);
+    try {
+      cudaAddon().zero(out.buffer);
+    } catch (e) {
+      out.free();
+      throw e;
+    }
+    return out;
+  },
+  empty: (numel, dtype, device) => allocCuda(cudaDeviceIndex(device), dtype, numel),
+  fromFloat32(data, dtype, device) {
+    const out = allocCuda(cudaDeviceIndex(device), dtype, data.length);
+    try {
+      cudaAddon().upload(out.buffer, data);
+    } catch (e) {
+      out.free();
+      throw e;
+    }
+    return out;
+  },
+  fromBits(bits, dtype, device) {
+    const out = allocCuda(cudaDeviceIndex(device), dtype, bits.length);
+    try {
+      cudaAddon().upload(out.buffer, bits);
+    } catch (e) {
+      out.free();
+      throw e;
+    }
+    return out;
+  },
+  toFloat32: (s) => cudaAddon().download(buf(s)),
+  async writeFloat32(s, data) {
+    cudaAddon().upload(buf(s), data);
+  },
+  narrow(s, shape, dim, start, length) {
+    const outer = product(shape, 0, dim);
+    const inner = product(shape, dim + 1, shape.length);
+    return produce(s, s.dtype, outer * length * inner, (out) =>
+      cudaAddon().narrow(buf(s), out, outer, shape[dim]!, inner, start, length),
+    );
+  },
+  cat(parts, partShape, dim) {
+    const outer = product(partShape, 0, dim);
+    const block = product(partShape, dim, partShape.length);
+    const first = parts[0]!;
+    return produce(first, first.dtype, outer * block * parts.length, (out) =>
+      cudaAddon().cat(parts.map(buf), out, outer, block),
+    );
+  },
+  cast: (s, dtype) => produce(s, dtype, s.numel, (out) => cudaAddon().cast(buf(s), out)),
+  async matmul(a, b, M, N, K, transA, transB, opts) {
+    return produce(a, a.dtype, M * N, (out) => cudaAddon().gemm(buf(a), buf(b), out, null, M, N, K, transA, transB, opts.tf32 === true));
+  },
+  async linear(x, w, bias, rows, inFeatures, outFeatures) {
+    // y[rows, out] = x[rows, in] · Wᵀ with W stored [out, in]: GEMM with transB, bias fused in the epilogue.
+    return produce(x, x.dtype, rows * outFeatures, (out) =>
+      cudaAddon().gemm(buf(x), buf(w), out, bias ? buf(bias) : null, rows, outFeatures, inFeatures, false, true, false),
+    );
+  },
+  async biasAdd(y, bias, rows, cols) {
+    cudaAddon().biasAdd(buf(y), buf(bias), rows, cols);
+  },
+  async siluAndMul(x, rows, d) {
+    return produce(x, x.dtype, rows * d, (out) => cudaAddon().siluAndMul(buf(x), out, rows, d));
+  },
+  async rmsNorm(x, weight, rows, cols, eps) {
+    return produce(x, x.dtype, rows * cols, (out) => cudaAddon().rmsNorm(buf(x), buf(weight), out, rows, cols, eps));
+  },
+  async add(a, b) {
+    return produce(a, a.dtype, a.numel, (out) => cudaAddon().add(buf(a), buf(b), out));
+  },
+  async embedding(table, ids, dim) {
+    return produce(table, table.dtype, ids.length * dim, (out) => cudaAddon().embedding(buf(table), ids, out, dim));
+  },
+};
+
+registerCudaBackend(() => {
+  cudaAddon();
+  return cudaOps;
+});

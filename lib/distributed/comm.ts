@@ -1,0 +1,51 @@
+/**
+ * The interface between a ProcessGroup and the library that moves its bytes (Gloo or NCCL). The group does
+ * validation, sequence numbers, layout along `dim`, timeouts and error spreading; a backend only runs one
+ * already-validated collective on contiguous tensors.
+ *
+ * @module
+ * @internal
+ */
+import type { Tensor } from '../tensor';
+
+/** Reduction codes shared with C++: sum 0, prod 1, max 2, min 3, avg 4. */
+export const REDOP_CODE = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 } as const;
+
+/** A reduction. `avg` is the sum divided by the group size. */
+export type ReduceOp = keyof typeof REDOP_CODE;
+
+/** The store operations a backend may need for its rendezvous (keys are already prefixed for the group). */
+export interface RendezvousStore {
+  set(key: string, value: Uint8Array): Promise<void>;
+  /** Waits until the key exists (up to the group timeout). */
+  get(key: string): Promise<Buffer>;
+}
+
+/** Facts every op of a group shares. */
+export interface OpContext {
+  /** Sequence number of the collective in this group (same on every rank). */
+  seq: number;
+  /** Timeout of this op in ms. */
+  timeoutMs: number;
+}
+
+/** One backend's communicator for one group. */
+export interface Communicator {
+  readonly backend: 'gloo' | 'nccl';
+  connect(store: RendezvousStore): Promise<void>;
+  /** In place. */
+  allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void>;
+  /** Returns `[size * t.numel]` elements, rank-major (shape `[size, ...t.shape]`). `dim` is only described. */
+  allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor>;
+  /** `work` holds `size` equal rank-major chunks; returns this rank's reduced chunk (flat, `work.numel / size`). */
+  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor>;
+  /** In place; `root` is a rank in the group. */
+  broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void>;
+  /** Splits dim 0 into `size` chunks; chunk j goes to rank j; returns the received chunks, rank-major. */
+  allToAll(t: Tensor, ctx: OpContext): Promise<Tensor>;
+  barrier(ctx: OpContext): Promise<void>;
+  /** `p2pSeq` counts messages from this sender to this receiver (both sides agree). */
+  send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void>;
+  recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void>;
+  close(): void;
+}

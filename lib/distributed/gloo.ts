@@ -1,0 +1,100 @@
+/**
+ * Gloo communicator (TCP transport): runs on host float32 buffers. Host float32 tensors are used in place;
+ * float16/bfloat16 and cuda tensors are staged through float32 host copies (how ranks that share one GPU
+ * communicate: NCCL refuses two ranks per GPU).
+ *
+ * @module
+ * @internal
+ */
+import { loadCore, NativeGlooComm } from '../native';
+import { HostStorage } from '../backend/cpu';
+import { DTYPE_CODE } from '../backend/types';
+import { Tensor } from '../tensor';
+import type { Communicator, OpContext, RendezvousStore } from './comm';
+
+function hostF32(t: Tensor): Float32Array | null {
+  if (t.device === 'cpu' && t.dtype === 'float32') return (t._storage as HostStorage).f32;
+  return null;
+}
+
+/** Reads a tensor as float32 for Gloo: the tensor's own array when possible (no copy), else a staged copy. */
+async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }> {
+  const own = hostF32(t);
+  if (own) return { buf: own, staged: false };
+  return { buf: await t.toFloat32Array(), staged: true };
+}
+
+/** A tensor of `t`'s dtype/device holding `values`. */
+function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
+  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor.from(values, shape);
+  return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
+}
+
+/** Gloo-backed {@link Communicator}. */
+export class GlooCommunicator implements Communicator {
+  readonly backend = 'gloo' as const;
+  private readonly native: NativeGlooComm;
+
+  constructor(readonly rank: number, readonly size: number, hostname: string, timeoutMs: number, check: boolean) {
+    this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check);
+  }
+
+  connect(store: RendezvousStore): Promise<void> {
+    return this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
+  }
+
+  async allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
+    const { buf, staged } = await stage(t);
+    await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+    if (staged) await t._writeFloat32(buf);
+  }
+
+  async allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
+    const { buf } = await stage(t);
+    const out = new Float32Array(buf.length * this.size);
+    await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
+    return like(t, out, [this.size, ...t.shape]);
+  }
+
+  async reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
+    // The ring overwrites its input, so it always gets a private float32 copy.
+    const buf = await work.toFloat32Array();
+    const chunk = buf.length / this.size;
+    const out = new Float32Array(chunk);
+    await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
+    return like(work, out, [chunk]);
+  }
+
+  async broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
+    const { buf, staged } = await stage(t);
+    await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+    if (staged) await t._writeFloat32(buf);
+  }
+
+  async allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
+    const { buf } = await stage(t);
+    const out = new Float32Array(buf.length);
+    await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+    return like(t, out, t.shape);
+  }
+
+  barrier(ctx: OpContext): Promise<void> {
+    return this.native.barrier(ctx.seq, ctx.timeoutMs);
+  }
+
+  async send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    const { buf } = await stage(t);
+    await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
+  }
+
+  async recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    const own = hostF32(t);
+    const buf = own ?? new Float32Array(t.numel);
+    await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
+    if (!own) await t._writeFloat32(buf);
+  }
+
+  close(): void {
+    this.native.close();
+  }
+}

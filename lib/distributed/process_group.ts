@@ -1,0 +1,565 @@
+/**
+ * Process groups: the ranks that run collectives together, as in `torch.distributed`.
+ *
+ * Lifecycle: `initDistributed()` returns the world group; `world.newGroup(ranks)` makes subgroups (every
+ * rank of the parent calls it, in the same order); `destroy()` ends a group. Every collective is validated
+ * here before anything is sent, numbered (the sequence number is the same on every rank), bounded by a
+ * timeout, and — unless `TPKIT_CHECK=off` — preceded by a small exchange in which the ranks agree on
+ * (sequence number, op, dtype, element count, root, reduction, dim), so a mismatch rejects on every rank
+ * with `COLLECTIVE_MISMATCH` instead of corrupting data. A failure on one rank is published through the
+ * rendezvous store so the others abort promptly rather than waiting for their own timeout.
+ *
+ * @module
+ */
+import { TpkitError } from '../errors';
+import { Tensor, checkTensor, formatShape } from '../tensor';
+import { cat } from '../ops';
+import { dimIndex, integerInRange, oneOf, options, positiveInteger, typeError } from '../validate';
+import { Communicator, OpContext, REDOP_CODE, ReduceOp } from './comm';
+import { DEAD_RANK_PREFIX, TCPStore } from './store';
+
+export type { ReduceOp } from './comm';
+
+/** The reductions accepted by `allReduce` / `reduceScatter`. */
+export const REDUCE_OPS: readonly ReduceOp[] = ['sum', 'avg', 'max', 'min', 'prod'];
+
+/** Per-call options of every collective. */
+export interface CollectiveOptions {
+  /** Overrides the group's timeout for this call (ms, positive integer). */
+  timeoutMs?: number;
+}
+
+/** Names of the operations counted in {@link ProcessGroup.callCounts}. */
+export type OpName = 'allReduce' | 'allGather' | 'reduceScatter' | 'broadcast' | 'allToAll' | 'barrier' | 'send' | 'recv';
+
+/** @internal What groups of one `initDistributed` share. */
+export interface GroupRuntime {
+  store: TCPStore;
+  globalRank: number;
+  worldSize: number;
+  backend: 'gloo' | 'nccl';
+  check: boolean;
+  /** Makes this rank's communicator for a new group (not for non-members). */
+  createCommunicator(rankInGroup: number, size: number, timeoutMs: number, parent: Communicator | null, ranks: number[]): Promise<Communicator>;
+  /** For NCCL's ncclCommSplit: every rank of the parent takes part, members or not. */
+  splitParent?: (parent: Communicator, memberRanks: number[]) => Promise<Communicator | null>;
+}
+
+const POLL_ABORT_MS = 250;
+const TIMEOUT_GRACE_MS = 200;
+const DEAD_LOOKUP_MS = 1500;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref?.());
+}
+
+/**
+ * A group of ranks that run collectives together.
+ *
+ * Ranks passed to `broadcast`, `send` and `recv` are ranks **in this group** (0 … size−1), as in vLLM's
+ * `GroupCoordinator`; `ranks` maps them to global ranks.
+ */
+export class ProcessGroup {
+  /** This process's rank in the group, or −1 when it is not a member. */
+  readonly rank: number;
+  /** Number of ranks in the group. */
+  readonly size: number;
+  /** Global ranks of the members, in group-rank order. */
+  readonly ranks: readonly number[];
+  /** The communication library: `gloo` (host, TCP) or `nccl` (GPU). */
+  readonly backend: 'gloo' | 'nccl';
+  /** Default timeout of this group's operations, in ms. */
+  readonly timeoutMs: number;
+  /** Store-key prefix naming this group (unique per run and init). */
+  readonly name: string;
+  /** How many operations of each kind this rank has issued (for tests and benchmarks). */
+  readonly callCounts: Record<OpName, number> = {
+    allReduce: 0, allGather: 0, reduceScatter: 0, broadcast: 0, allToAll: 0, barrier: 0, send: 0, recv: 0,
+  };
+
+  #rt: GroupRuntime;
+  #comm: Communicator | null = null;
+  #ready: Promise<void>;
+  #seq = 0;
+  #chain: Promise<unknown> = Promise.resolve();
+  #p2pSent = new Map<number, number>();
+  #p2pRecv = new Map<number, number>();
+  #children = 0;
+  #subgroups: ProcessGroup[] = [];
+  #broken: TpkitError | null = null;
+  #destroyed = false;
+  #inFlight = 0;
+  #pollTimer: NodeJS.Timeout | null = null;
+  #abortWaiters = new Set<(e: TpkitError) => void>();
+
+  /** @internal Use `initDistributed()` and `newGroup()`. */
+  constructor(rt: GroupRuntime, ranks: number[], name: string, timeoutMs: number, connect: (() => Promise<Communicator | null>) | null) {
+    this.#rt = rt;
+    this.ranks = Object.freeze(ranks.slice());
+    this.size = ranks.length;
+    this.rank = ranks.indexOf(rt.globalRank);
+    this.backend = rt.backend;
+    this.timeoutMs = timeoutMs;
+    this.name = name;
+    if (this.rank < 0 || this.size === 1 || connect === null) {
+      this.#ready = Promise.resolve();
+    } else {
+      this.#ready = connect().then((c) => {
+        this.#comm = c;
+      });
+      this.#ready.catch(() => {}); // surfaced by the first operation
+    }
+  }
+
+  /** True when this process belongs to the group. */
+  get isMember(): boolean {
+    return this.rank >= 0;
+  }
+
+  /** The error that broke the group, or null. */
+  get brokenError(): TpkitError | null {
+    return this.#broken;
+  }
+
+  /** @internal Resolves once the communicator is connected (rejects with the rendezvous error). */
+  get ready(): Promise<void> {
+    return this.#ready;
+  }
+
+  /** @internal The communicator (null for size 1 or non-members). */
+  get _communicator(): Communicator | null {
+    return this.#comm;
+  }
+
+  /**
+   * Creates a subgroup of the given GLOBAL ranks. Every rank of this group must call it, in the same order
+   * (as `torch.distributed.new_group`); non-members get a group with `rank === -1` whose operations throw.
+   * The group connects in the background; its first operation waits for the connection.
+   *
+   * @param ranks - distinct global ranks, each a member of this group
+   * @throws TypeError / RangeError for a bad rank list; TpkitError `GROUP_DESTROYED` / `GROUP_BROKEN`
+   */
+  newGroup(ranks: number[]): ProcessGroup {
+    this.#assertAlive('newGroup');
+    if (!Array.isArray(ranks) || ranks.length === 0) throw typeError('non-empty array of ranks', 'ranks', ranks);
+    const seen = new Set<number>();
+    for (const r of ranks) {
+      if (typeof r !== 'number' || !Number.isInteger(r) || !this.ranks.includes(r)) {
+        throw new RangeError(`Expected ranks of the parent group [${this.ranks.join(', ')}] for ranks but received ${formatShape(ranks)}`);
+      }
+      if (seen.has(r)) throw new RangeError(`Expected distinct ranks for ranks but received ${formatShape(ranks)} (rank ${r} repeats)`);
+      seen.add(r);
+    }
+    const name = `${this.name}/sub${this.#children++}`;
+    const rt = this.#rt;
+    const parentReady = this.#ready;
+    const member = ranks.includes(rt.globalRank);
+    let connect: (() => Promise<Communicator | null>) | null = null;
+    if (rt.splitParent && this.size > 1) {
+      // NCCL: every rank of the parent takes part in ncclCommSplit.
+      const split = rt.splitParent;
+      const p = parentReady.then(() => split(this.#comm!, ranks));
+      p.catch(() => {});
+      connect = () => p;
+    } else if (member && ranks.length > 1) {
+      const myRank = ranks.indexOf(rt.globalRank);
+      connect = () => rt.createCommunicator(myRank, ranks.length, this.timeoutMs, null, ranks).then(async (c) => {
+        await c.connect(prefixedStore(rt.store, name, this.timeoutMs));
+        return c;
+      });
+    }
+    const g = new ProcessGroup(rt, ranks.slice(), name, this.timeoutMs, connect);
+    this.#subgroups.push(g);
+    return g;
+  }
+
+  /**
+   * All-reduce in place: every rank ends with the elementwise reduction of all ranks' `t`.
+   * Ring algorithm on Gloo / NCCL; moves 2(n−1)/n of the data per rank.
+   *
+   * @param t - any shape, any dtype; host or cuda per the backend
+   * @param opts.op - `sum` (default), `avg`, `max`, `min`, `prod`
+   * @returns `t`
+   * @throws TypeError / RangeError for bad arguments; TpkitError `TIMEOUT`, `PEER_LOST`, `COLLECTIVE_MISMATCH`,
+   *   `GROUP_BROKEN`, `GROUP_DESTROYED`
+   */
+  async allReduce(t: Tensor, opts?: CollectiveOptions & { op?: ReduceOp }): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions & { op?: ReduceOp }>(opts, 'options');
+    const op = oneOf(o.op, 'op', REDUCE_OPS, 'sum');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    return this.#collective('allReduce', timeoutMs, async (comm, ctx) => {
+      await comm.allReduce(t, REDOP_CODE[op], ctx);
+      return t;
+    }, () => t);
+  }
+
+  /**
+   * All-gather: concatenates every rank's `t` along `dim` in rank order (a new tensor; shape[dim] × size).
+   *
+   * @param opts.dim - dimension to concatenate along (default −1, the last)
+   * @throws TypeError / RangeError for bad arguments; TpkitError as {@link ProcessGroup.allReduce}
+   */
+  async allGather(t: Tensor, opts?: CollectiveOptions & { dim?: number }): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions & { dim?: number }>(opts, 'options');
+    if (t.ndim === 0) throw new RangeError('allGather needs a tensor of at least one dimension');
+    const dim = dimIndex(o.dim ?? -1, t.ndim);
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    const outShape = t.shape.slice();
+    outShape[dim] = outShape[dim]! * this.size;
+    return this.#collective('allGather', timeoutMs, async (comm, ctx) => {
+      const stacked = await comm.allGather(t, dim, ctx);
+      return this.#unstack(stacked, t.shape, dim, outShape);
+    }, () => t.narrow(0, 0, t.shape[0]!));
+  }
+
+  /**
+   * Reduce-scatter: reduces `t` elementwise across ranks, then rank r keeps the r-th of `size` equal slices
+   * along `dim` (a new tensor; shape[dim] / size).
+   *
+   * @param opts.dim - dimension to split (default 0); its size must be divisible by the group size
+   * @param opts.op - as {@link ProcessGroup.allReduce}
+   * @throws RangeError when shape[dim] is not divisible by the group size; TpkitError as allReduce
+   */
+  async reduceScatter(t: Tensor, opts?: CollectiveOptions & { dim?: number; op?: ReduceOp }): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions & { dim?: number; op?: ReduceOp }>(opts, 'options');
+    if (t.ndim === 0) throw new RangeError('reduceScatter needs a tensor of at least one dimension');
+    const dim = dimIndex(o.dim ?? 0, t.ndim);
+    const op = oneOf(o.op, 'op', REDUCE_OPS, 'sum');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    const size = this.isMember ? this.size : 1;
+    if (t.shape[dim]! % size !== 0) {
+      throw new RangeError(`reduceScatter: size ${t.shape[dim]} of dim ${dim} of shape ${formatShape(t.shape)} is not divisible by group size ${size}`);
+    }
+    const outShape = t.shape.slice();
+    outShape[dim] = outShape[dim]! / size;
+    return this.#collective('reduceScatter', timeoutMs, async (comm, ctx) => {
+      const work = this.#stack(t, dim);
+      try {
+        const flat = await comm.reduceScatter(work, REDOP_CODE[op], dim, ctx);
+        const out = flat.reshape(outShape);
+        flat.dispose();
+        return out;
+      } finally {
+        if (work !== t) work.dispose();
+      }
+    }, () => t.narrow(0, 0, t.shape[0]!));
+  }
+
+  /**
+   * Broadcast in place from `src` (a rank in this group) to every rank.
+   *
+   * @returns `t`
+   * @throws RangeError when src is not a rank of the group; TpkitError as allReduce
+   */
+  async broadcast(t: Tensor, src: number, opts?: CollectiveOptions): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions>(opts, 'options');
+    integerInRange(src, 'src', 0, Math.max(1, this.size));
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    return this.#collective('broadcast', timeoutMs, async (comm, ctx) => {
+      await comm.broadcast(t, src, ctx);
+      return t;
+    }, () => t);
+  }
+
+  /**
+   * All-to-all: splits dim 0 of `t` into `size` equal chunks, sends chunk j to rank j, and returns the chunks
+   * received, in rank order (same shape as `t`) — `torch.distributed.all_to_all_single` with equal splits.
+   *
+   * @throws RangeError when shape[0] is not divisible by the group size; TpkitError as allReduce
+   */
+  async allToAll(t: Tensor, opts?: CollectiveOptions): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions>(opts, 'options');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    const size = this.isMember ? this.size : 1;
+    if (t.ndim === 0 || t.shape[0]! % size !== 0) {
+      throw new RangeError(`allToAll: dim 0 of shape ${formatShape(t.shape)} is not divisible by group size ${size}`);
+    }
+    return this.#collective('allToAll', timeoutMs, (comm, ctx) => comm.allToAll(t, ctx), () => t.narrow(0, 0, t.shape[0]!));
+  }
+
+  /** Waits until every rank of the group has reached the barrier. @throws TpkitError as allReduce */
+  async barrier(opts?: CollectiveOptions): Promise<void> {
+    const o = options<CollectiveOptions>(opts, 'options');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    await this.#collective('barrier', timeoutMs, (comm, ctx) => comm.barrier(ctx), () => undefined);
+  }
+
+  /**
+   * Sends `t` to `dst` (a rank in this group). Matched in order with the receiver's `recv(…, src)`; a size
+   * mismatch rejects on the receiver with `COLLECTIVE_MISMATCH`.
+   *
+   * @throws RangeError when dst is out of range or this rank; TpkitError `TIMEOUT`, `PEER_LOST`, …
+   */
+  async send(t: Tensor, dst: number, opts?: CollectiveOptions): Promise<void> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions>(opts, 'options');
+    this.#checkPeer(dst, 'dst', 'send to');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    const n = this.#p2pSent.get(dst) ?? 0;
+    this.#p2pSent.set(dst, n + 1);
+    await this.#p2p('send', timeoutMs, (comm) => comm.send(t, dst, n, timeoutMs));
+  }
+
+  /**
+   * Receives into `t` from `src` (a rank in this group).
+   *
+   * @throws RangeError when src is out of range or this rank; TpkitError `COLLECTIVE_MISMATCH` when the sender's
+   *   element count differs, `TIMEOUT`, `PEER_LOST`, …
+   */
+  async recv(t: Tensor, src: number, opts?: CollectiveOptions): Promise<Tensor> {
+    checkTensor(t, 't');
+    const o = options<CollectiveOptions>(opts, 'options');
+    this.#checkPeer(src, 'src', 'receive from');
+    const timeoutMs = this.#timeout(o.timeoutMs);
+    const n = this.#p2pRecv.get(src) ?? 0;
+    this.#p2pRecv.set(src, n + 1);
+    await this.#p2p('recv', timeoutMs, (comm) => comm.recv(t, src, n, timeoutMs));
+    return t;
+  }
+
+  /**
+   * Ends the group and its subgroups: queued operations reject with `GROUP_DESTROYED`, later calls throw.
+   * Idempotent. Destroying the world group lets a new `initDistributed()` start over in the same process.
+   */
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    for (const g of this.#subgroups) g.destroy();
+    this.#stopPolling();
+    const err = new TpkitError('GROUP_DESTROYED', `process group ${this.name} was destroyed`);
+    for (const w of this.#abortWaiters) w(err);
+    this.#abortWaiters.clear();
+    this.#comm?.close();
+    this.#ready.then(() => this.#comm?.close(), () => {});
+  }
+
+  /** `ProcessGroup(gloo, rank 1 of 2, ranks [0, 1])` */
+  toString(): string {
+    return `ProcessGroup(${this.backend}, rank ${this.rank} of ${this.size}, ranks [${this.ranks.join(', ')}])`;
+  }
+
+  // ---- internals ---------------------------------------------------------------------------------------
+
+  #timeout(value: unknown): number {
+    return value === undefined ? this.timeoutMs : positiveInteger(value, 'timeoutMs');
+  }
+
+  #checkPeer(peer: unknown, name: string, verb: string): void {
+    this.#assertMember(name === 'dst' ? 'send' : 'recv');
+    integerInRange(peer, name, 0, this.size);
+    if (peer === this.rank) throw new RangeError(`rank ${this.rank} cannot ${verb} itself (${name} ${peer})`);
+  }
+
+  #assertAlive(op: string): void {
+    if (this.#destroyed) throw new TpkitError('GROUP_DESTROYED', `${op} on process group ${this.name} after destroy()`);
+    if (this.#broken) {
+      throw new TpkitError('GROUP_BROKEN', `${op} on broken process group ${this.name}: ${this.#broken.message}`, {
+        details: { cause: this.#broken.code },
+        cause: this.#broken,
+      });
+    }
+  }
+
+  #assertMember(op: string): void {
+    this.#assertAlive(op);
+    if (!this.isMember) {
+      throw new RangeError(`${op}: global rank ${this.#rt.globalRank} is not a member of process group [${this.ranks.join(', ')}]`);
+    }
+  }
+
+  /** Rank-major stack of the `size` slices of `t` along `dim` (no copy when dim is the outermost). */
+  #stack(t: Tensor, dim: number): Tensor {
+    let outer = 1;
+    for (let i = 0; i < dim; i++) outer *= t.shape[i]!;
+    if (outer === 1) return t;
+    const len = t.shape[dim]! / this.size;
+    const parts: Tensor[] = [];
+    for (let r = 0; r < this.size; r++) parts.push(t.narrow(dim, r * len, len).reshape([1, -1]));
+    const stacked = cat(parts, 0);
+    parts.forEach((p) => p.dispose());
+    return stacked;
+  }
+
+  /** Inverse layout of an all-gather: `[size, ...shape]` rank-major → concatenation along `dim`. */
+  #unstack(stacked: Tensor, shape: readonly number[], dim: number, outShape: number[]): Tensor {
+    let outer = 1;
+    for (let i = 0; i < dim; i++) outer *= shape[i]!;
+    if (outer === 1) {
+      const out = stacked.reshape(outShape);
+      stacked.dispose();
+      return out;
+    }
+    const parts: Tensor[] = [];
+    for (let r = 0; r < this.size; r++) {
+      const p = stacked.narrow(0, r, 1);
+      parts.push(p.reshape(shape));
+      p.dispose();
+    }
+    stacked.dispose();
+    const out = cat(parts, dim);
+    parts.forEach((p) => p.dispose());
+    return out;
+  }
+
+  async #collective<T>(op: OpName, timeoutMs: number, body: (comm: Communicator, ctx: OpContext) => Promise<T>, single: () => T): Promise<T> {
+    this.#assertMember(op);
+    this.callCounts[op]++;
+    if (this.size === 1) return single();
+    const ctx: OpContext = { seq: this.#seq++, timeoutMs };
+    // Collectives enter the communicator in call order: Gloo needs every rank to issue them identically.
+    const run = this.#chain.then(async () => {
+      await this.#ready;
+      this.#assertAlive(op);
+      return body(this.#comm!, ctx);
+    });
+    this.#chain = run.catch(() => {});
+    return this.#guard(op, ctx.seq, timeoutMs, run);
+  }
+
+  async #p2p(op: 'send' | 'recv', timeoutMs: number, body: (comm: Communicator) => Promise<void>): Promise<void> {
+    this.callCounts[op]++;
+    const run = this.#ready.then(() => {
+      this.#assertAlive(op);
+      return body(this.#comm!);
+    });
+    return this.#guard(op, -1, timeoutMs, run);
+  }
+
+  async #guard<T>(op: string, seq: number, timeoutMs: number, run: Promise<T>): Promise<T> {
+    this.#inFlight++;
+    this.#startPolling();
+    let onAbort: (e: TpkitError) => void = () => {};
+    const aborted = new Promise<never>((_, reject) => {
+      onAbort = reject;
+    });
+    aborted.catch(() => {});
+    this.#abortWaiters.add(onAbort);
+    try {
+      return await Promise.race([run, aborted]);
+    } catch (e) {
+      throw await this.#fail(op, seq, timeoutMs, e);
+    } finally {
+      this.#abortWaiters.delete(onAbort);
+      if (--this.#inFlight === 0) this.#stopPolling();
+    }
+  }
+
+  /** Turns a native failure into the group's error, marks the group broken and tells the other ranks. */
+  async #fail(op: string, seq: number, timeoutMs: number, e: unknown): Promise<unknown> {
+    if (!(e instanceof TpkitError)) return e;
+    if (e.code === 'GROUP_BROKEN' || e.code === 'GROUP_DESTROYED' || e.code === 'NOT_INITIALIZED') return e;
+    const where = `${op}${seq >= 0 ? ` (seq ${seq})` : ''} on rank ${this.rank} of process group [${this.ranks.join(', ')}] (${this.backend})`;
+    if (e.code === 'COLLECTIVE_MISMATCH') {
+      // Agreed before any data moved: the group stays usable.
+      return new TpkitError('COLLECTIVE_MISMATCH', `${where}: ${e.message}`, { backend: this.backend, details: { op, seq }, cause: e });
+    }
+    let err: TpkitError;
+    if (e.code === 'TIMEOUT') {
+      const missing = seq >= 0 ? await this.#missingRanks(seq) : null;
+      const who = missing === null ? '' : missing.length ? `; ranks that did not arrive: [${missing.join(', ')}]` : '; every rank arrived (a peer may be too slow)';
+      err = new TpkitError('TIMEOUT', `${where} timed out after ${timeoutMs} ms${who}`, {
+        backend: this.backend, details: { op, seq, timeoutMs, missingRanks: missing }, cause: e,
+      });
+    } else if (e.code === 'PEER_LOST') {
+      const dead = await this.#deadRanks();
+      const who = dead.length ? `lost rank${dead.length > 1 ? 's' : ''} ${dead.join(', ')}` : 'lost a peer';
+      err = new TpkitError('PEER_LOST', `${where} ${who}: ${e.message}`, { backend: this.backend, details: { op, seq, lostRanks: dead }, cause: e });
+    } else {
+      err = new TpkitError(e.code, `${where}: ${e.message}`, { backend: this.backend, details: { op, seq }, cause: e });
+    }
+    this.#markBroken(err);
+    void this.#publish(err, op, seq);
+    return err;
+  }
+
+  #markBroken(err: TpkitError): void {
+    if (!this.#broken) this.#broken = err;
+    for (const w of this.#abortWaiters) w(err);
+    this.#abortWaiters.clear();
+  }
+
+  async #publish(err: TpkitError, op: string, seq: number): Promise<void> {
+    try {
+      const record = { rank: this.#rt.globalRank, code: err.code, message: err.message, op, seq, details: err.details ?? {} };
+      await this.#rt.store.set(`${this.name}/abort`, JSON.stringify(record));
+    } catch {
+      // The store may be gone with rank 0; the others then learn of the failure from their own errors.
+    }
+  }
+
+  /** Global ranks of this group that did not reach collective `seq` before the timeout. */
+  async #missingRanks(seq: number): Promise<number[] | null> {
+    const store = this.#rt.store;
+    const key = (r: number) => `${this.name}/arrived/${seq}/${r}`;
+    try {
+      await store.set(key(this.#rt.globalRank), '1');
+      await sleep(TIMEOUT_GRACE_MS);
+      const missing: number[] = [];
+      for (const r of this.ranks) if (!(await store.check([key(r)]))) missing.push(r);
+      return missing;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Global ranks of this group whose store connection dropped (their process died). */
+  async #deadRanks(): Promise<number[]> {
+    const store = this.#rt.store;
+    const deadline = Date.now() + DEAD_LOOKUP_MS;
+    try {
+      for (;;) {
+        const dead: number[] = [];
+        for (const r of this.ranks) {
+          if (r !== this.#rt.globalRank && (await store.check([`${DEAD_RANK_PREFIX}${r}`]))) dead.push(r);
+        }
+        if (dead.length || Date.now() > deadline) return dead;
+        await sleep(50);
+      }
+    } catch {
+      // The store is unreachable: rank 0, which hosts it, is gone.
+      return this.ranks.includes(0) && this.#rt.globalRank !== 0 ? [0] : [];
+    }
+  }
+
+  // While operations are in flight, watch the store for a failure another rank published.
+  #startPolling(): void {
+    if (this.#pollTimer || this.size === 1) return;
+    this.#pollTimer = setInterval(() => void this.#pollAbort(), POLL_ABORT_MS);
+    this.#pollTimer.unref();
+  }
+
+  #stopPolling(): void {
+    if (this.#pollTimer) clearInterval(this.#pollTimer);
+    this.#pollTimer = null;
+  }
+
+  async #pollAbort(): Promise<void> {
+    const key = `${this.name}/abort`;
+    try {
+      if (!(await this.#rt.store.check([key]))) return;
+      const rec = JSON.parse((await this.#rt.store.get(key, { timeoutMs: 1000 })).toString()) as {
+        rank: number; code: string; message: string; op: string; seq: number; details: Record<string, unknown>;
+      };
+      if (rec.rank === this.#rt.globalRank || this.#broken) return;
+      const code = rec.code === 'PEER_LOST' ? 'PEER_LOST' : 'GROUP_BROKEN';
+      this.#markBroken(new TpkitError(code, `rank ${rec.rank} of process group [${this.ranks.join(', ')}] failed (${rec.code}): ${rec.message}`, {
+        backend: this.backend, details: { ...rec.details, propagatedFrom: rec.rank, originalCode: rec.code },
+      }));
+    } catch {
+      // best effort: the op's own timeout still bounds the wait
+    }
+  }
+}
+
+/** @internal A rendezvous store view with keys under `prefix/`. */
+export function prefixedStore(store: TCPStore, prefix: string, timeoutMs: number) {
+  return {
+    set: (key: string, value: Uint8Array) => store.set(`${prefix}/rdzv/${key}`, value),
+    get: (key: string) => store.get(`${prefix}/rdzv/${key}`, { timeoutMs }),
+  };
+}

@@ -1,0 +1,69 @@
+/**
+ * The one error class of tpkit, in the style of better-sqlite3's `SqliteError`: every failure that is not
+ * an argument error carries a machine-readable {@link TpkitError.code}.
+ *
+ * Argument errors are plain `TypeError` / `RangeError` (see `validate.ts`).
+ *
+ * @module
+ */
+
+/**
+ * Error codes used by tpkit. Native libraries add their own, prefixed with the library:
+ * `GLOO_…`, `NCCL_…`, `CUBLAS_STATUS_…`, `CUDA_…`.
+ */
+export type TpkitErrorCode =
+  | 'DISPOSED'
+  | 'TIMEOUT'
+  | 'PEER_LOST'
+  | 'GROUP_BROKEN'
+  | 'GROUP_DESTROYED'
+  | 'COLLECTIVE_MISMATCH'
+  | 'NOT_INITIALIZED'
+  | 'ALREADY_INITIALIZED'
+  | 'NO_CUDA_DEVICE'
+  | 'CUDA_UNAVAILABLE'
+  | 'NATIVE_LOAD_FAILED'
+  | 'STORE_UNREACHABLE'
+  | 'STORE_CLOSED'
+  | 'STORE_AUTH_FAILED'
+  | 'STORE_PROTOCOL'
+  | 'CHECKPOINT_INVALID'
+  | 'LAUNCH_FAILED'
+  | 'UNSUPPORTED'
+  | 'EQUIVALENCE_FAILED'
+  | (string & {});
+
+/**
+ * An error raised by tpkit or by a native library under it.
+ *
+ * @example
+ * ```ts
+ * try { await group.allReduce(t); }
+ * catch (e) { if (e instanceof TpkitError && e.code === 'PEER_LOST') restart(); }
+ * ```
+ */
+export class TpkitError extends Error {
+  /** Machine-readable code, e.g. `TIMEOUT`, `PEER_LOST`, `GLOO_IO`, `NCCL_UNHANDLED_CUDA_ERROR`. */
+  readonly code: TpkitErrorCode;
+  /** The backend the error came from (`cpu`, `gloo`, `nccl`, `cuda`, `store`, `launcher`), when known. */
+  readonly backend?: string;
+  /** Extra structured facts (rank, op, sequence number, missing ranks, …), when known. */
+  readonly details?: Readonly<Record<string, unknown>>;
+
+  /**
+   * @param code - machine-readable code
+   * @param message - human-readable message, naming the rank / op / key concerned
+   * @param opts - backend, structured details and the underlying cause
+   */
+  constructor(
+    code: TpkitErrorCode,
+    message: string,
+    opts: { backend?: string; details?: Record<string, unknown>; cause?: unknown } = {},
+  ) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'TpkitError';
+    this.code = code;
+    if (opts.backend !== undefined) this.backend = opts.backend;
+    if (opts.details !== undefined) this.details = opts.details;
+  }
+}

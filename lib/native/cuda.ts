@@ -1,0 +1,209 @@
+/**
+ * Loads the CUDA addon (`build/Release/tpkit_cuda.node`: cuBLAS/cuBLASLt GEMM, CUDA kernels, NCCL) lazily, the
+ * first time a `cuda` tensor, the `nccl` backend or {@link cudaStatus} is asked for, so that a CPU-only program
+ * never maps cuBLAS or NCCL (~160 MB). Describes the addon's native surface.
+ *
+ * @module
+ * @internal
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { TpkitError } from '../errors';
+import { packageRoot } from './index';
+
+/**
+ * Device memory of one cuda tensor's storage (native `DeviceBuffer`, `native/cuda/device_buffer.h`): allocated
+ * with `cudaMallocFromPoolAsync` on the device's stream, freed stream-ordered. Its bytes are reported to V8
+ * (`AdjustExternalMemory`); the GC finalizer frees a buffer that was never freed.
+ */
+export interface NativeDeviceBuffer {
+  /** CUDA device index. */
+  readonly device: number;
+  /** Native dtype code (`DTYPE_CODE`: float32 0, float16 1, bfloat16 2). */
+  readonly dtype: number;
+  /** Element count. */
+  readonly numel: number;
+  /** Size in bytes. */
+  readonly bytes: number;
+  /** True once `free()` was called. */
+  readonly freed: boolean;
+  /** Returns the memory to the device's pool (stream-ordered). Idempotent. */
+  free(): void;
+}
+
+/** `new DeviceBuffer(device, dtype, numel)`: uninitialised device memory. */
+export type NativeDeviceBufferCtor = new (device: number, dtype: number, numel: number) => NativeDeviceBuffer;
+
+/**
+ * A native NCCL communicator (`native/cuda/nccl_comm.h`). Buffers are DeviceBuffers on the communicator's
+ * device; counts come from their element counts. Every op settles when its completion event has completed
+ * on the device's stream, and rejects with a TpkitError `TIMEOUT` / `NCCL_<NAME>` / `GROUP_BROKEN` /
+ * `GROUP_DESTROYED`.
+ */
+export interface NativeNcclComm {
+  /** `ncclCommInitRankConfig` (non-blocking) with the 128-byte unique id of rank 0. */
+  connect(uniqueId: Uint8Array): Promise<void>;
+  allReduce(buf: NativeDeviceBuffer, redop: number, timeoutMs?: number): Promise<void>;
+  /** `output` holds `size × input.numel` elements, rank-major. */
+  allGather(input: NativeDeviceBuffer, output: NativeDeviceBuffer, timeoutMs?: number): Promise<void>;
+  /** `input` holds `size` rank-major chunks of `output.numel` elements. */
+  reduceScatter(input: NativeDeviceBuffer, output: NativeDeviceBuffer, redop: number, timeoutMs?: number): Promise<void>;
+  broadcast(buf: NativeDeviceBuffer, root: number, timeoutMs?: number): Promise<void>;
+  allToAll(input: NativeDeviceBuffer, output: NativeDeviceBuffer, timeoutMs?: number): Promise<void>;
+  barrier(timeoutMs?: number): Promise<void>;
+  send(buf: NativeDeviceBuffer, dst: number, timeoutMs?: number): Promise<void>;
+  recv(buf: NativeDeviceBuffer, src: number, timeoutMs?: number): Promise<void>;
+  /** `ncclCommSplit`: members pass color ≥ 0, their new rank as key and an unconnected child; others -1 and null. */
+  split(color: number, key: number, child: NativeNcclComm | null, timeoutMs?: number): Promise<void>;
+  close(): void;
+  isBroken(): boolean;
+}
+
+/** What the addon reports about the CUDA runtime and libraries (never throws). */
+export interface NativeCudaRuntimeStatus {
+  deviceCount: number;
+  /** Why deviceCount is 0 (cudaGetDeviceCount's error), or null. */
+  deviceError: string | null;
+  cudaRuntime: string | null;
+  cudaDriver: string | null;
+  cublas: string | null;
+  cublasLt: string | null;
+  nccl: string | null;
+}
+
+/** Device memory facts in bytes (`cudaMemGetInfo` and the tensors' memory pool). */
+export interface CudaMemoryInfo {
+  /** Free device memory (bytes). */
+  free: number;
+  /** Total device memory (bytes). */
+  total: number;
+  /** Bytes of the pool in use by live device buffers. */
+  poolUsed: number;
+  /** Bytes the pool holds from the driver (used + cached for reuse). */
+  poolReserved: number;
+}
+
+/** The CUDA addon's exports (see native/cuda/addon.cc). Sizes are element counts. */
+export interface CudaAddon {
+  setErrorClass(cls: typeof TpkitError): void;
+  status(): NativeCudaRuntimeStatus;
+  memoryInfo(device: number): CudaMemoryInfo;
+  /** Settles when everything enqueued so far on the device's stream completed. */
+  synchronize(device: number): Promise<void>;
+  DeviceBuffer: NativeDeviceBufferCtor;
+  zero(buf: NativeDeviceBuffer): void;
+  /** Float32Array values are converted to the buffer's dtype; Uint16Array holds raw float16/bfloat16 bits. */
+  upload(dst: NativeDeviceBuffer, src: Float32Array | Uint16Array): void;
+  download(src: NativeDeviceBuffer): Promise<Float32Array>;
+  narrow(src: NativeDeviceBuffer, dst: NativeDeviceBuffer, outer: number, size: number, inner: number, start: number, length: number): void;
+  cat(parts: NativeDeviceBuffer[], dst: NativeDeviceBuffer, outer: number, block: number): void;
+  cast(src: NativeDeviceBuffer, dst: NativeDeviceBuffer): void;
+  gemm(a: NativeDeviceBuffer, b: NativeDeviceBuffer, c: NativeDeviceBuffer, bias: NativeDeviceBuffer | null, M: number, N: number, K: number, transA: boolean, transB: boolean, tf32: boolean): void;
+  biasAdd(y: NativeDeviceBuffer, bias: NativeDeviceBuffer, rows: number, cols: number): void;
+  siluAndMul(x: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, d: number): void;
+  rmsNorm(x: NativeDeviceBuffer, weight: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, cols: number, eps: number): void;
+  add(a: NativeDeviceBuffer, b: NativeDeviceBuffer, out: NativeDeviceBuffer): void;
+  embedding(table: NativeDeviceBuffer, ids: Int32Array, out: NativeDeviceBuffer, dim: number): void;
+  /** Fills `out` (≥ 128 bytes) with a fresh ncclUniqueId (runs on the libuv pool). */
+  ncclUniqueId(out: Uint8Array): Promise<void>;
+  NcclComm: new (rank: number, size: number, device: number, timeoutMs: number) => NativeNcclComm;
+}
+
+/**
+ * What {@link cudaStatus} reports: whether cuda tensors and the nccl backend can be used in this process.
+ */
+export interface CudaStatus {
+  /** True when the addon loaded and at least one GPU is visible. */
+  cuda: boolean;
+  /** True when NCCL can be used (the addon loaded, it links NCCL, and a GPU is visible). */
+  nccl: boolean;
+  /** Number of visible CUDA devices (0 without a GPU or driver). */
+  cudaDevices: number;
+  /** Why `cuda` is false: the addon is not built, failed to load (with the loader's error), or no GPU is visible. */
+  reason?: string;
+  /** Versions of the libraries the addon loaded (when it loaded). */
+  versions?: { cudaRuntime?: string; cudaDriver?: string; cublas?: string; nccl?: string };
+}
+
+/** Where the CUDA addon is expected after `npm run build:native`. */
+export function cudaAddonPath(): string {
+  return path.join(packageRoot(), 'build', 'Release', 'tpkit_cuda.node');
+}
+
+const BUILD_HINT =
+  'To build it: install the CUDA toolkit (nvcc), make cuBLAS and NCCL findable (set CUBLAS_ROOT / NCCL_ROOT, e.g. to the ' +
+  'nvidia/cu13 and nvidia/nccl folders of the nvidia-cublas and nvidia-nccl-cu13 wheels, or install them under ' +
+  '/usr/local/cuda or /usr), then run `npm run build:native`.';
+
+let addon: CudaAddon | undefined;
+let loadError: TpkitError | undefined;
+
+/**
+ * Loads the CUDA addon once (success and failure are both cached).
+ *
+ * @throws TpkitError `CUDA_UNAVAILABLE` naming the path that was tried, the loader's error, and how to build it
+ */
+export function loadCuda(): CudaAddon {
+  if (addon) return addon;
+  if (loadError) throw loadError;
+  const file = cudaAddonPath();
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => CudaAddon;
+    const loaded = bindings({ bindings: 'tpkit_cuda', module_root: packageRoot() });
+    loaded.setErrorClass(TpkitError);
+    addon = loaded;
+    return loaded;
+  } catch (e) {
+    const detail = (e as Error)?.message ?? String(e);
+    const what = fs.existsSync(file)
+      ? `the cuda addon ${file} failed to load: ${detail}`
+      : `the cuda addon is not built (looked for ${file})`;
+    loadError = new TpkitError('CUDA_UNAVAILABLE', `${what}. ${BUILD_HINT}`, { backend: 'cuda', cause: e });
+    throw loadError;
+  }
+}
+
+/**
+ * The addon's runtime facts, or undefined when it cannot be loaded. Never throws.
+ */
+export function cudaRuntimeStatus(): NativeCudaRuntimeStatus | undefined {
+  try {
+    return loadCuda().status();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether cuda tensors and the nccl backend are usable, and why not. Never throws; loads the CUDA addon on
+ * first call (cuBLAS and NCCL get mapped) when it is built. `lib/index.ts` reports it through `backends()`.
+ *
+ * @example
+ * ```ts
+ * const s = cudaStatus();
+ * if (!s.cuda) console.log(`running on cpu: ${s.reason}`);
+ * ```
+ */
+export function cudaStatus(): CudaStatus {
+  let native: CudaAddon;
+  try {
+    native = loadCuda();
+  } catch (e) {
+    return { cuda: false, nccl: false, cudaDevices: 0, reason: (e as Error).message };
+  }
+  try {
+    const s = native.status();
+    const versions: NonNullable<CudaStatus['versions']> = {};
+    if (s.cudaRuntime) versions.cudaRuntime = s.cudaRuntime;
+    if (s.cudaDriver) versions.cudaDriver = s.cudaDriver;
+    if (s.cublas) versions.cublas = s.cublas;
+    if (s.nccl) versions.nccl = s.nccl;
+    const cuda = s.deviceCount > 0;
+    const out: CudaStatus = { cuda, nccl: cuda && s.nccl !== null, cudaDevices: s.deviceCount, versions };
+    if (!cuda) out.reason = `no CUDA device is visible: ${s.deviceError ?? 'cudaGetDeviceCount reported 0 devices'}`;
+    return out;
+  } catch (e) {
+    return { cuda: false, nccl: false, cudaDevices: 0, reason: `the cuda addon could not report its status: ${(e as Error).message}` };
+  }
+}

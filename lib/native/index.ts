@@ -1,0 +1,75 @@
+/**
+ * Loads the core addon (`tpkit_core.node`) once and describes its native surface. The CUDA addon is loaded
+ * lazily by `lib/native/cuda.ts`, so a machine without CUDA never maps cuBLAS or NCCL.
+ *
+ * @module
+ * @internal
+ */
+import path from 'node:path';
+import { TpkitError } from '../errors';
+
+/** Settles when the job finishes; rejects with a TpkitError built by the addon. */
+export type NativePromise = Promise<void>;
+
+/** The native Gloo communicator (one per process group). Buffers are Float32Array; counts are elements. */
+export interface NativeGlooComm {
+  connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
+  allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  barrier(seq: number, timeoutMs?: number): NativePromise;
+  send(buf: Float32Array, count: number, dst: number, p2pSeq: number, timeoutMs?: number): NativePromise;
+  recv(buf: Float32Array, count: number, src: number, p2pSeq: number, timeoutMs?: number): NativePromise;
+  close(): void;
+  isBroken(): boolean;
+}
+
+/** The core addon's exports (see native/core/addon.cc). */
+export interface CoreAddon {
+  setErrorClass(cls: typeof TpkitError): void;
+  sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, a: Float32Array, b: Float32Array, c: Float32Array, beta: number): NativePromise;
+  linear(x: Float32Array, w: Float32Array, bias: Float32Array | null, y: Float32Array, rows: number, inFeatures: number, outFeatures: number): NativePromise;
+  setBlasThreads(n: number): void;
+  getBlasThreads(): number;
+  blasConfig(): string;
+  /** kind: 0 f32→bf16, 1 bf16→f32, 2 f32→f16, 3 f16→f32 */
+  cast(src: Float32Array | Uint16Array, dst: Float32Array | Uint16Array, kind: 0 | 1 | 2 | 3): void;
+  biasAdd(y: Float32Array, bias: Float32Array, rows: number, cols: number): NativePromise;
+  siluAndMul(x: Float32Array, out: Float32Array, rows: number, d: number): NativePromise;
+  rmsNorm(x: Float32Array, weight: Float32Array, out: Float32Array, rows: number, cols: number, eps: number): NativePromise;
+  add(a: Float32Array, b: Float32Array, out: Float32Array, n: number): NativePromise;
+  GlooComm: new (rank: number, size: number, hostname: string, timeoutMs: number, check: boolean) => NativeGlooComm;
+}
+
+let core: CoreAddon | undefined;
+
+/** Directory holding the package root (where build/ lives), from dist/lib/native or lib/native. */
+export function packageRoot(): string {
+  let dir = __dirname;
+  for (let i = 0; i < 5; i++) {
+    if (require('node:fs').existsSync(path.join(dir, 'package.json'))) return dir;
+    dir = path.dirname(dir);
+  }
+  return path.resolve(__dirname, '..', '..', '..');
+}
+
+/** Loads the core addon once; throws TpkitError `NATIVE_LOAD_FAILED` saying what was tried and how to build it. */
+export function loadCore(): CoreAddon {
+  if (core) return core;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => CoreAddon;
+    core = bindings({ bindings: 'tpkit_core', module_root: packageRoot() });
+  } catch (e) {
+    throw new TpkitError(
+      'NATIVE_LOAD_FAILED',
+      `could not load the core addon tpkit_core.node (looked under ${packageRoot()}/build): ${(e as Error).message}. ` +
+        'Build it with `npm run build:native` after `sudo apt-get install cmake g++ libopenblas-dev libgloo-dev`.',
+      { backend: 'cpu', cause: e },
+    );
+  }
+  core.setErrorClass(TpkitError);
+  return core;
+}

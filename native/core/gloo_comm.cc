@@ -1,0 +1,631 @@
+#include "gloo_comm.h"
+
+#include <gloo/allgather.h>
+#include <gloo/allreduce.h>
+#include <gloo/alltoall.h>
+#include <gloo/barrier.h>
+#include <gloo/broadcast.h>
+#include <gloo/common/error.h>
+#include <gloo/math.h>
+#include <gloo/rendezvous/context.h>
+#include <gloo/transport/tcp/device.h>
+#include <gloo/types.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "async_work.h"
+#include "js_store.h"
+
+namespace tpkit {
+
+namespace {
+
+using ms = std::chrono::milliseconds;
+constexpr int64_t kMaxCount = int64_t{1} << 40;
+
+enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
+const char* OpName(int64_t op) {
+  switch (op) {
+    case kAllReduce: return "all_reduce";
+    case kAllGather: return "all_gather";
+    case kReduceScatter: return "reduce_scatter";
+    case kBroadcast: return "broadcast";
+    case kAllToAll: return "all_to_all";
+    case kBarrier: return "barrier";
+    default: return "unknown";
+  }
+}
+const char* DtypeName(int64_t d) {
+  switch (d) {
+    case 0: return "float32";
+    case 1: return "float16";
+    case 2: return "bfloat16";
+    default: return "unknown";
+  }
+}
+const char* RedopName(int64_t r) {
+  switch (r) {
+    case 0: return "sum";
+    case 1: return "prod";
+    case 2: return "max";
+    case 3: return "min";
+    case 4: return "avg";
+    default: return "-";
+  }
+}
+
+// What every rank must agree on before data moves.
+struct Descriptor {
+  int64_t seq, op, dtype, count, root, redop, dim;
+};
+constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
+
+std::string Describe(const Descriptor& d) {
+  std::ostringstream s;
+  s << OpName(d.op) << "(seq " << d.seq << ", " << DtypeName(d.dtype) << ", count " << d.count;
+  if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
+  if (d.op == kBroadcast) s << ", root " << d.root;
+  if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
+  s << ")";
+  return s.str();
+}
+
+gloo::AllreduceOptions::Func ReduceFn(int64_t redop) {
+  using F = void (*)(void*, const void*, const void*, size_t);
+  switch (redop) {
+    case 1: return static_cast<F>(&gloo::product<float>);
+    case 2: return static_cast<F>(&gloo::max<float>);
+    case 3: return static_cast<F>(&gloo::min<float>);
+    default: return static_cast<F>(&gloo::sum<float>);
+  }
+}
+
+void ReduceInto(int64_t redop, float* acc, const float* in, size_t n) {
+  switch (redop) {
+    case 1: for (size_t i = 0; i < n; i++) acc[i] *= in[i]; break;
+    case 2: for (size_t i = 0; i < n; i++) acc[i] = std::max(acc[i], in[i]); break;
+    case 3: for (size_t i = 0; i < n; i++) acc[i] = std::min(acc[i], in[i]); break;
+    default: for (size_t i = 0; i < n; i++) acc[i] += in[i]; break;
+  }
+}
+
+// Maps Gloo's exceptions to tpkit codes. Gloo reports both a timeout and a closed connection as IoException.
+CodedError Classify(const std::string& what, const std::string& context) {
+  std::string lower = what;
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char c) { return std::tolower(c); });
+  if (lower.find("timed out") != std::string::npos || lower.find("timeout") != std::string::npos) {
+    return {"TIMEOUT", context + " timed out: " + what};
+  }
+  if (lower.find("closed") != std::string::npos || lower.find("reset") != std::string::npos ||
+      lower.find("broken pipe") != std::string::npos || lower.find("eof") != std::string::npos ||
+      lower.find("connection") != std::string::npos) {
+    return {"PEER_LOST", context + " lost a peer: " + what};
+  }
+  return {"GLOO_IO", context + " failed: " + what};
+}
+
+}  // namespace
+
+struct Job {
+  std::function<void()> run;  // runs on the communicator thread
+  Napi::Promise::Deferred deferred;
+  std::vector<Napi::ObjectReference> refs;
+  std::string code;
+  std::string message;
+  explicit Job(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+};
+
+void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job);
+using CompletionTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, Job, SettleJob>;
+
+struct GlooState {
+  int rank = 0;
+  int size = 1;
+  std::string hostname;
+  ms timeout{300000};
+  bool check = true;
+  std::shared_ptr<gloo::Context> ctx;
+  std::shared_ptr<gloo::transport::Device> device;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Job*> queue;
+  bool stopping = false;
+  std::atomic<bool> broken{false};
+  std::atomic<bool> connected{false};
+  std::thread thread;
+  CompletionTsfn tsfn;
+  bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
+  int64_t pending = 0;    // main thread only
+
+  // Calls into the completion function unless Node already tore it down (then the job is dropped: the
+  // process is exiting and nothing awaits it).
+  void Complete(Job* job) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (tsfnAlive) tsfn.BlockingCall(job);
+  }
+
+  void Loop() {
+    for (;;) {
+      Job* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) break;
+        job = queue.front();
+        queue.pop_front();
+        if (stopping) {
+          job->code = "GROUP_DESTROYED";
+          job->message = "the process group was destroyed before this operation ran";
+        }
+      }
+      if (job->code.empty()) {
+        try {
+          job->run();
+        } catch (const CodedError& e) {
+          job->code = e.code;
+          job->message = e.message;
+        } catch (const gloo::IoException& e) {
+          CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
+          job->code = c.code;
+          job->message = c.message;
+          broken = true;  // after an IoException the Gloo context is unusable
+        } catch (const gloo::EnforceNotMet& e) {
+          job->code = "GLOO_ENFORCE";
+          job->message = e.what();
+          broken = true;
+        } catch (const gloo::Exception& e) {
+          job->code = "GLOO_ERROR";
+          job->message = e.what();
+          broken = true;
+        } catch (const std::exception& e) {
+          CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
+          job->code = c.code == "GLOO_IO" ? "GLOO_ERROR" : c.code;
+          job->message = c.message;
+          broken = true;
+        }
+      }
+      Complete(job);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (tsfnAlive) tsfn.Release();
+  }
+
+  void RequireConnected() const {
+    if (!connected) throw CodedError{"NOT_INITIALIZED", "communicator is not connected"};
+    if (broken) throw CodedError{"GROUP_BROKEN", "communicator is broken by an earlier failure"};
+  }
+
+  // Exchanges descriptors with every rank; throws COLLECTIVE_MISMATCH naming each rank's view on mismatch.
+  void Agree(const Descriptor& mine, ms opTimeout) {
+    if (!check || size == 1) return;
+    std::vector<int64_t> all(kDescWords * size);
+    gloo::AllgatherOptions opts(ctx);
+    opts.setInput(const_cast<int64_t*>(reinterpret_cast<const int64_t*>(&mine)), kDescWords);
+    opts.setOutput(all.data(), all.size());
+    opts.setTag(static_cast<uint32_t>(mine.seq * 2));
+    opts.setTimeout(opTimeout);
+    gloo::allgather(opts);
+    bool same = true;
+    const auto* descs = reinterpret_cast<const Descriptor*>(all.data());
+    for (int r = 0; r < size; r++) {
+      if (std::memcmp(&descs[r], &mine, sizeof(Descriptor)) != 0) same = false;
+    }
+    if (same) return;
+    std::ostringstream s;
+    s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank << "): ";
+    for (int r = 0; r < size; r++) s << (r ? "; " : "") << "rank " << r << ": " << Describe(descs[r]);
+    throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+  }
+};
+
+void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
+  if (env != nullptr) {
+    if (job->code.empty()) {
+      job->deferred.Resolve(env.Undefined());
+    } else {
+      job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
+    }
+  }
+  delete job;
+}
+
+namespace {
+
+// Ticks the pending count and refs the completion function so the process stays alive while ops are queued.
+struct PendingGuard {
+  static void Enter(GlooState& s, Napi::Env env) {
+    if (s.pending++ == 0) s.tsfn.Ref(env);
+  }
+  static void Leave(GlooState& s, Napi::Env env) {
+    // Once stopping, the loop thread releases the function itself; touching it again would race that.
+    if (--s.pending == 0 && !s.stopping) s.tsfn.Unref(env);
+  }
+};
+
+}  // namespace
+
+Napi::Function GlooComm::Init(Napi::Env env) {
+  return DefineClass(env, "GlooComm",
+                     {InstanceMethod("connect", &GlooComm::Connect),
+                      InstanceMethod("allReduce", &GlooComm::AllReduce),
+                      InstanceMethod("allGather", &GlooComm::AllGather),
+                      InstanceMethod("reduceScatter", &GlooComm::ReduceScatter),
+                      InstanceMethod("broadcast", &GlooComm::Broadcast),
+                      InstanceMethod("allToAll", &GlooComm::AllToAll),
+                      InstanceMethod("barrier", &GlooComm::Barrier),
+                      InstanceMethod("send", &GlooComm::Send),
+                      InstanceMethod("recv", &GlooComm::Recv),
+                      InstanceMethod("close", &GlooComm::Close),
+                      InstanceMethod("isBroken", &GlooComm::IsBroken)});
+}
+
+// new GlooComm(rank, size, hostname, timeoutMs, check)
+GlooComm::GlooComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GlooComm>(info) {
+  Napi::Env env = info.Env();
+  auto s = std::make_shared<GlooState>();
+  s->size = static_cast<int>(IntArg(info, 1, "size", 1, 1 << 20));
+  s->rank = static_cast<int>(IntArg(info, 0, "rank", 0, s->size - 1));
+  if (!info[2].IsString()) throw Napi::TypeError::New(env, "Expected string for hostname");
+  s->hostname = info[2].As<Napi::String>().Utf8Value();
+  s->timeout = ms(IntArg(info, 3, "timeoutMs", 1, int64_t{1} << 40));
+  s->check = BoolArg(info, 4, "check");
+  s->tsfn = CompletionTsfn::New(env, "tpkit.gloo.complete", 0, 1, nullptr,
+                                [](Napi::Env, std::shared_ptr<GlooState>* st, std::nullptr_t*) {
+                                  {
+                                    std::lock_guard<std::mutex> lock((*st)->mu);
+                                    (*st)->tsfnAlive = false;
+                                  }
+                                  delete st;
+                                },
+                                new std::shared_ptr<GlooState>(s));
+  s->tsfn.Unref(env);
+  GlooState* raw = s.get();
+  auto keep = s;  // the thread keeps the state alive until it has drained its queue
+  s->thread = std::thread([raw, keep]() { raw->Loop(); });
+  s->thread.detach();
+  state_ = std::move(s);
+}
+
+GlooComm::~GlooComm() {
+  if (state_) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stopping = true;
+    state_->cv.notify_all();
+  }
+}
+
+namespace {
+Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<GlooState>& s, std::function<void()> run,
+                    std::initializer_list<Napi::Value> keep) {
+  auto* job = new Job(env);
+  job->run = std::move(run);
+  for (const auto& v : keep) {
+    if (v.IsObject()) job->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise p = job->deferred.Promise();
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->stopping) {
+      job->deferred.Reject(MakeTpkitError(env, "GROUP_DESTROYED", "the process group was destroyed", "gloo").Value());
+      delete job;
+      return p;
+    }
+    PendingGuard::Enter(*s, env);
+    s->queue.push_back(job);
+  }
+  s->cv.notify_one();
+  // Drop the pending count (and with it the event-loop ref) when the promise settles.
+  std::weak_ptr<GlooState> weak = s;
+  Napi::Function leave = Napi::Function::New(env, [weak](const Napi::CallbackInfo& info) {
+    if (auto st = weak.lock()) PendingGuard::Leave(*st, info.Env());
+  });
+  p.Get("then").As<Napi::Function>().Call(p, {leave, leave});
+  return p;
+}
+
+ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const GlooState& s) {
+  if (i < info.Length() && info[i].IsNumber()) return ms(IntArg(info, i, "timeoutMs", 1, int64_t{1} << 40));
+  return s.timeout;
+}
+}  // namespace
+
+// connect(storeFn) → Promise<void>
+Napi::Value GlooComm::Connect(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "Expected function for storeFn");
+  auto s = state_;
+  if (s->connected) throw Napi::Error::New(env, "communicator is already connected");
+  // Released whenever the last holder lets go: after the rendezvous, or with a job that never ran.
+  auto storeTsfn = std::shared_ptr<Napi::ThreadSafeFunction>(
+      new Napi::ThreadSafeFunction(
+          Napi::ThreadSafeFunction::New(env, info[0].As<Napi::Function>(), "tpkit.gloo.store", 0, 1)),
+      [](Napi::ThreadSafeFunction* f) {
+        f->Release();
+        delete f;
+      });
+  return Enqueue(
+      env, s,
+      [s, storeTsfn]() {
+        gloo::transport::tcp::attr attr;
+        attr.hostname = s->hostname;
+        try {
+          s->device = gloo::transport::tcp::CreateDevice(attr);
+          auto ctx = std::make_shared<gloo::rendezvous::Context>(s->rank, s->size);
+          ctx->setTimeout(s->timeout);
+          JsStore store(*storeTsfn, s->timeout);
+          ctx->connectFullMesh(store, s->device);
+          s->ctx = ctx;
+          s->connected = true;
+        } catch (const CodedError&) {
+          throw;
+        } catch (const std::exception& e) {
+          std::string what = e.what();
+          if (what.find("timed out") != std::string::npos || what.find("Timed out") != std::string::npos) {
+            throw CodedError{"TIMEOUT", "rendezvous of rank " + std::to_string(s->rank) + " of " +
+                                            std::to_string(s->size) + " timed out after " +
+                                            std::to_string(s->timeout.count()) + " ms: " + what};
+          }
+          throw CodedError{"GLOO_RENDEZVOUS", "rendezvous of rank " + std::to_string(s->rank) + " failed: " + what};
+        }
+      },
+      {});
+}
+
+// allReduce(buf: Float32Array, count, redop, seq, dtype, timeoutMs?)
+Napi::Value GlooComm::AllReduce(const Napi::CallbackInfo& info) {
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t redop = IntArg(info, 2, "redop", 0, 4);
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  auto s = state_;
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kAllReduce, dtype, count, -1, redop, -1}, t);
+    if (count == 0) return;
+    gloo::AllreduceOptions opts(s->ctx);
+    opts.setOutput(buf, static_cast<size_t>(count));
+    opts.setReduceFunction(ReduceFn(redop));
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::allreduce(opts);
+    if (redop == 4) {
+      const float inv = 1.0f / static_cast<float>(s->size);
+      for (int64_t i = 0; i < count; i++) buf[i] *= inv;
+    }
+  }, {info[0]});
+}
+
+// allGather(input: Float32Array, output: Float32Array, count, seq, dtype, dim, timeoutMs?) — output is rank-major
+Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
+  float* in = F32Data(info[0], static_cast<size_t>(count), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(count * s->size), "output");
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const int64_t dim = IntArg(info, 5, "dim", -1, 64);
+  const ms t = OpTimeout(info, 6, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t);
+    if (count == 0) return;
+    gloo::AllgatherOptions opts(s->ctx);
+    opts.setInput(in, static_cast<size_t>(count));
+    opts.setOutput(out, static_cast<size_t>(count * s->size));
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::allgather(opts);
+  }, {info[0], info[1]});
+}
+
+// reduceScatter(work: Float32Array (size·chunk, overwritten), output: Float32Array (chunk), chunk, redop, seq,
+// dtype, dim, timeoutMs?) — ring reduce-scatter from Gloo's unbound-buffer primitives (this Gloo has no
+// new-style reduce_scatter; NATIVE-NOTES.md). Rank r ends with chunk r of the reduction.
+Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t chunk = IntArg(info, 2, "chunk", 0, kMaxCount);
+  float* work = F32Data(info[0], static_cast<size_t>(chunk * s->size), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(chunk), "output");
+  const int64_t redop = IntArg(info, 3, "redop", 0, 4);
+  const int64_t seq = IntArg(info, 4, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 5, "dtype", 0, 2);
+  const int64_t dim = IntArg(info, 6, "dim", -1, 64);
+  const ms t = OpTimeout(info, 7, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim}, t);
+    const int n = s->size;
+    const int r = s->rank;
+    const size_t bytes = sizeof(float) * static_cast<size_t>(chunk);
+    if (n > 1 && chunk > 0) {
+      std::vector<float> tmp(static_cast<size_t>(chunk));
+      auto sendBuf = s->ctx->createUnboundBuffer(work, bytes * n);
+      auto recvBuf = s->ctx->createUnboundBuffer(tmp.data(), bytes);
+      const int right = (r + 1) % n;
+      const int left = (r - 1 + n) % n;
+      const uint64_t base = (uint64_t{0xA5} << 56) | (static_cast<uint64_t>(seq) << 16);
+      for (int step = 0; step < n - 1; step++) {
+        const int sendChunk = ((r - step - 1) % n + n) % n;
+        const int recvChunk = ((r - step - 2) % n + n) % n;
+        recvBuf->recv(left, base + step, 0, bytes);
+        sendBuf->send(right, base + step, bytes * sendChunk, bytes);
+        if (!recvBuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "reduce_scatter receive was aborted"};
+        if (!sendBuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "reduce_scatter send was aborted"};
+        ReduceInto(redop == 4 ? 0 : redop, work + chunk * recvChunk, tmp.data(), static_cast<size_t>(chunk));
+      }
+    }
+    std::memcpy(out, work + chunk * r, bytes);
+    if (redop == 4) {
+      const float inv = 1.0f / static_cast<float>(n);
+      for (int64_t i = 0; i < chunk; i++) out[i] *= inv;
+    }
+  }, {info[0], info[1]});
+}
+
+// broadcast(buf, count, root, seq, dtype, timeoutMs?)
+Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t root = IntArg(info, 2, "root", 0, s->size - 1);
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kBroadcast, dtype, count, root, -1, -1}, t);
+    if (count == 0) return;
+    gloo::BroadcastOptions opts(s->ctx);
+    opts.setOutput(buf, static_cast<size_t>(count));
+    opts.setRoot(static_cast<int>(root));
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::broadcast(opts);
+  }, {info[0]});
+}
+
+// allToAll(input, output, count (total per rank, divisible by size), seq, dtype, timeoutMs?)
+Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
+  if (count % s->size != 0) throw Napi::RangeError::New(info.Env(), "all_to_all count must be divisible by the group size");
+  float* in = F32Data(info[0], static_cast<size_t>(count), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(count), "output");
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t);
+    if (count == 0) return;
+    if (s->size == 1) {
+      std::memcpy(out, in, sizeof(float) * static_cast<size_t>(count));
+      return;
+    }
+    gloo::AlltoallOptions opts(s->ctx);
+    opts.setInput(in, static_cast<size_t>(count));
+    opts.setOutput(out, static_cast<size_t>(count));
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::alltoall(opts);
+  }, {info[0], info[1]});
+}
+
+// barrier(seq, timeoutMs?)
+Napi::Value GlooComm::Barrier(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t seq = IntArg(info, 0, "seq", 0, int64_t{1} << 31);
+  const ms t = OpTimeout(info, 1, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    s->Agree({seq, kBarrier, 0, 0, -1, -1, -1}, t);
+    gloo::BarrierOptions opts(s->ctx);
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::barrier(opts);
+  }, {});
+}
+
+namespace {
+// Point-to-point slots: a per-(src, dst) counter agreed by both sides, disjoint from collective slots.
+uint64_t P2PSlot(int src, int dst, int64_t p2pSeq, int size, int part) {
+  return (uint64_t{0xB7} << 56) | ((static_cast<uint64_t>(p2pSeq) * size * size + src * size + dst) << 1) | part;
+}
+
+Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooState>& s, bool isSend) {
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t peer = IntArg(info, 2, isSend ? "dst" : "src", 0, s->size - 1);
+  if (peer == s->rank) throw Napi::RangeError::New(info.Env(), "a rank cannot send to or receive from itself");
+  const int64_t p2pSeq = IntArg(info, 3, "p2pSeq", 0, int64_t{1} << 31);
+  const ms t = OpTimeout(info, 4, *s);
+  const int me = s->rank;
+  return LambdaWorker::Run(
+      info.Env(),
+      [=]() {
+        try {
+          s->RequireConnected();
+          const int src = isSend ? me : static_cast<int>(peer);
+          const int dst = isSend ? static_cast<int>(peer) : me;
+          // A header carrying the element count travels first on its own slot, so a size mismatch is
+          // reported instead of corrupting memory or aborting in Gloo's I/O thread.
+          int64_t header = count;
+          auto hbuf = s->ctx->createUnboundBuffer(&header, sizeof(header));
+          const uint64_t hslot = P2PSlot(src, dst, p2pSeq, s->size, 0);
+          const uint64_t dslot = P2PSlot(src, dst, p2pSeq, s->size, 1);
+          if (isSend) {
+            hbuf->send(static_cast<int>(peer), hslot);
+            if (!hbuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "send aborted"};
+            if (count > 0) {
+              auto dbuf = s->ctx->createUnboundBuffer(buf, sizeof(float) * static_cast<size_t>(count));
+              dbuf->send(static_cast<int>(peer), dslot);
+              if (!dbuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "send aborted"};
+            }
+          } else {
+            hbuf->recv(static_cast<int>(peer), hslot);
+            if (!hbuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "recv aborted"};
+            const int64_t theirs = header;
+            if (theirs < 0 || theirs > kMaxCount) throw CodedError{"GLOO_PROTOCOL", "invalid send header"};
+            if (theirs != count) {
+              if (theirs > 0) {  // drain the payload so the pair stays usable
+                std::vector<float> sink(static_cast<size_t>(theirs));
+                auto dbuf = s->ctx->createUnboundBuffer(sink.data(), sizeof(float) * sink.size());
+                dbuf->recv(static_cast<int>(peer), dslot);
+                dbuf->waitRecv(t);
+              }
+              throw CodedError{"COLLECTIVE_MISMATCH", "recv on rank " + std::to_string(me) + " expected " +
+                                                          std::to_string(count) + " elements from rank " +
+                                                          std::to_string(peer) + ", which sent " +
+                                                          std::to_string(theirs)};
+            }
+            if (count > 0) {
+              auto dbuf = s->ctx->createUnboundBuffer(buf, sizeof(float) * static_cast<size_t>(count));
+              dbuf->recv(static_cast<int>(peer), dslot);
+              if (!dbuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "recv aborted"};
+            }
+          }
+        } catch (const gloo::IoException& e) {
+          s->broken = true;
+          throw Classify(e.what(), std::string(isSend ? "send" : "recv") + " on rank " + std::to_string(me));
+        } catch (const gloo::EnforceNotMet& e) {
+          s->broken = true;
+          throw CodedError{"GLOO_ENFORCE", e.what()};
+        } catch (const gloo::Exception& e) {
+          s->broken = true;
+          throw CodedError{"GLOO_ERROR", e.what()};
+        }
+      },
+      {info[0]}, "gloo");
+}
+}  // namespace
+
+// send(buf, count, dst, p2pSeq, timeoutMs?) / recv(buf, count, src, p2pSeq, timeoutMs?)
+Napi::Value GlooComm::Send(const Napi::CallbackInfo& info) { return RunP2P(info, state_, true); }
+Napi::Value GlooComm::Recv(const Napi::CallbackInfo& info) { return RunP2P(info, state_, false); }
+
+Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
+  {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stopping = true;
+  }
+  state_->cv.notify_all();
+  return info.Env().Undefined();
+}
+
+Napi::Value GlooComm::IsBroken(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), state_->broken.load());
+}
+
+}  // namespace tpkit

@@ -1,0 +1,422 @@
+#include "ops.h"
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../core/async_work.h"
+#include "cuda_error.h"
+#include "device_buffer.h"
+#include "device_context.h"
+#include "event_poller.h"
+#include "gemm.h"
+#include "kernels.h"
+#include "pinned_pool.h"
+
+namespace tpkit {
+
+namespace {
+
+constexpr int64_t kMaxDim = int64_t{1} << 40;
+
+DeviceBuffer* Buf(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (i >= info.Length()) throw Napi::TypeError::New(info.Env(), std::string("Expected DeviceBuffer for ") + name);
+  return DeviceBuffer::Live(info[i], name);
+}
+
+void SameDevice(Napi::Env env, const DeviceBuffer* a, const DeviceBuffer* b, const char* what) {
+  if (a->device() != b->device()) {
+    throw Napi::RangeError::New(env, std::string(what) + ": buffers are on different devices (cuda:" +
+                                         std::to_string(a->device()) + " and cuda:" + std::to_string(b->device()) + ")");
+  }
+}
+
+void SameDType(Napi::Env env, const DeviceBuffer* a, const DeviceBuffer* b, const char* what) {
+  if (a->dtype() != b->dtype()) {
+    throw Napi::TypeError::New(env, std::string(what) + ": buffers have different dtypes (" + DTypeName(a->dtype()) +
+                                        " and " + DTypeName(b->dtype()) + ")");
+  }
+}
+
+void SameKind(Napi::Env env, const DeviceBuffer* a, const DeviceBuffer* b, const char* what) {
+  SameDevice(env, a, b, what);
+  SameDType(env, a, b, what);
+}
+
+uint64_t Mul(Napi::Env env, uint64_t a, uint64_t b) {
+  uint64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) throw Napi::RangeError::New(env, "element count overflows 64 bits");
+  return r;
+}
+
+void MinNumel(Napi::Env env, const DeviceBuffer* b, uint64_t need, const char* name) {
+  if (b->numel() < need) {
+    throw Napi::RangeError::New(env, "Expected at least " + std::to_string(need) + " elements for " + name +
+                                         " but received " + std::to_string(b->numel()));
+  }
+}
+
+size_t Dim(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return static_cast<size_t>(IntArg(info, i, name, 0, kMaxDim));
+}
+
+// Hands a staging block back to the pool, reusable once everything enqueued so far on the stream completed.
+// Without an event the block is leaked rather than risk reuse under an in-flight copy.
+void RecordAndRelease(DeviceContext& dev, PinnedBlock block) {
+  if (block.data == nullptr) return;
+  cudaEvent_t ev = nullptr;
+  if (cudaEventCreateWithFlags(&ev, cudaEventDisableTiming) != cudaSuccess || cudaEventRecord(ev, dev.stream) != cudaSuccess) {
+    cudaGetLastError();
+    if (ev != nullptr) cudaEventDestroy(ev);
+    return;
+  }
+  PinnedPool::Instance().Release(block, ev);
+}
+
+// Copies `height` rows of `width` bytes between pitched device regions (narrow / cat).
+void Copy2D(DeviceContext& dev, void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) {
+  if (width == 0 || height == 0) return;
+  if (height == 1 || (dpitch == width && spitch == width)) {
+    CudaCheck(cudaMemcpyAsync(dst, src, width * height, cudaMemcpyDeviceToDevice, dev.stream),
+              "cudaMemcpyAsync on " + dev.Name());
+    return;
+  }
+  cudaError_t e = cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDeviceToDevice, dev.stream);
+  if (e == cudaErrorInvalidPitchValue || e == cudaErrorInvalidValue) {
+    cudaGetLastError();  // pitches beyond what cudaMemcpy2D accepts: the strided-copy kernel
+    e = kernels::CopyRows(src, spitch, dst, dpitch, width, height, dev.stream);
+  }
+  CudaCheck(e, "strided copy on " + dev.Name());
+}
+
+DeviceContext& Current(int device) {
+  DeviceContext& dev = Device(device);
+  dev.MakeCurrent();
+  return dev;
+}
+
+}  // namespace
+
+Napi::Value CudaZero(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* buf = Buf(info, 0, "buffer");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (buf->bytes() == 0) return env.Undefined();
+    DeviceContext& dev = Current(buf->device());
+    CudaCheck(cudaMemsetAsync(buf->data(), 0, buf->bytes(), dev.stream), "cudaMemsetAsync on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaUpload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* dst = Buf(info, 0, "dst");
+  if (info.Length() < 2 || !info[1].IsTypedArray()) throw Napi::TypeError::New(env, "Expected Float32Array or Uint16Array for src");
+  Napi::TypedArray ta = info[1].As<Napi::TypedArray>();
+  const bool f32 = ta.TypedArrayType() == napi_float32_array;
+  const bool u16 = ta.TypedArrayType() == napi_uint16_array;
+  if (!f32 && !u16) throw Napi::TypeError::New(env, "Expected Float32Array or Uint16Array for src");
+  const size_t n = ta.ElementLength();
+  if (n != dst->numel()) {
+    throw Napi::RangeError::New(env, "Expected " + std::to_string(dst->numel()) + " elements for src but received " +
+                                         std::to_string(n));
+  }
+  if (u16 && dst->dtype() == kFloat32) {
+    throw Napi::TypeError::New(env, "raw 16-bit patterns (Uint16Array) need a float16 or bfloat16 buffer, not float32");
+  }
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (n == 0) return env.Undefined();
+    const size_t bytes = n * (f32 ? 4 : 2);
+    const uint8_t* host = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
+    DeviceContext& dev = Current(dst->device());
+    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
+    std::memcpy(block.data, host, bytes);
+    try {
+      if (u16 || dst->dtype() == kFloat32) {
+        CudaCheck(cudaMemcpyAsync(dst->data(), block.data, bytes, cudaMemcpyHostToDevice, dev.stream),
+                  "host-to-device copy of " + std::to_string(bytes) + " bytes to " + dev.Name());
+      } else {
+        void* tmp = dev.Alloc(bytes);
+        cudaError_t e = cudaMemcpyAsync(tmp, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
+        if (e == cudaSuccess) e = kernels::Cast(tmp, kFloat32, dst->data(), dst->dtype(), n, dev.stream);
+        dev.Free(tmp);
+        CudaCheck(e, "host-to-device copy with conversion to " + std::string(DTypeName(dst->dtype())) + " on " + dev.Name());
+      }
+    } catch (...) {
+      RecordAndRelease(dev, block);
+      throw;
+    }
+    RecordAndRelease(dev, block);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaDownload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* src = Buf(info, 0, "src");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    Napi::Promise::Deferred deferred = Napi::Promise::Deferred::New(env);
+    const size_t n = src->numel();
+    if (n == 0) {
+      deferred.Resolve(Napi::Float32Array::New(env, 0));
+      return deferred.Promise();
+    }
+    const size_t bytes = n * sizeof(float);
+    const int device = src->device();
+    DeviceContext& dev = Current(device);
+    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
+    cudaEvent_t ev = nullptr;
+    try {
+      if (src->dtype() == kFloat32) {
+        CudaCheck(cudaMemcpyAsync(block.data, src->data(), bytes, cudaMemcpyDeviceToHost, dev.stream),
+                  "device-to-host copy of " + std::to_string(bytes) + " bytes from " + dev.Name());
+      } else {
+        void* tmp = dev.Alloc(bytes);
+        cudaError_t e = kernels::Cast(src->data(), src->dtype(), tmp, kFloat32, n, dev.stream);
+        if (e == cudaSuccess) e = cudaMemcpyAsync(block.data, tmp, bytes, cudaMemcpyDeviceToHost, dev.stream);
+        dev.Free(tmp);
+        CudaCheck(e, "device-to-host copy with conversion from " + std::string(DTypeName(src->dtype())) + " on " + dev.Name());
+      }
+      CudaCheck(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate on " + dev.Name());
+      CudaCheck(cudaEventRecord(ev, dev.stream), "cudaEventRecord on " + dev.Name());
+    } catch (...) {
+      if (ev != nullptr) cudaEventDestroy(ev);
+      // The block is leaked: a copy into it may still be in flight.
+      throw;
+    }
+    EventPoller::For(env).Watch(env, device, ev, [deferred, block, n, device](Napi::Env env, cudaError_t status) {
+      if (status == cudaSuccess) {
+        Napi::Float32Array out = Napi::Float32Array::New(env, n);
+        std::memcpy(out.Data(), block.data, n * sizeof(float));
+        PinnedPool::Instance().Release(block, nullptr);
+        deferred.Resolve(out);
+      } else {
+        deferred.Reject(MakeTpkitError(env, CudaErrorCode(status),
+                                       "reading back " + std::to_string(n) + " elements from cuda:" + std::to_string(device) +
+                                           " failed: " + CudaErrorText(status),
+                                       "cuda")
+                            .Value());
+      }
+    });
+    return deferred.Promise();
+  });
+}
+
+Napi::Value CudaNarrow(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* src = Buf(info, 0, "src");
+  DeviceBuffer* dst = Buf(info, 1, "dst");
+  SameKind(env, src, dst, "narrow");
+  const size_t outer = Dim(info, 2, "outer");
+  const size_t size = Dim(info, 3, "size");
+  const size_t inner = Dim(info, 4, "inner");
+  const size_t start = Dim(info, 5, "start");
+  const size_t length = Dim(info, 6, "length");
+  if (start + length > size) {
+    throw Napi::RangeError::New(env, "Expected start + length of at most " + std::to_string(size) + " but received " +
+                                         std::to_string(start + length));
+  }
+  MinNumel(env, src, Mul(env, Mul(env, outer, size), inner), "src");
+  MinNumel(env, dst, Mul(env, Mul(env, outer, length), inner), "dst");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    const size_t es = ItemSize(src->dtype());
+    const size_t width = length * inner * es;
+    if (width == 0 || outer == 0) return env.Undefined();
+    DeviceContext& dev = Current(src->device());
+    const char* from = static_cast<const char*>(src->data()) + start * inner * es;
+    Copy2D(dev, dst->data(), width, from, size * inner * es, width, outer);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaCat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "Expected array of DeviceBuffers for parts");
+  Napi::Array arr = info[0].As<Napi::Array>();
+  const uint32_t count = arr.Length();
+  if (count == 0 || count > (1u << 20)) throw Napi::RangeError::New(env, "Expected between 1 and 2^20 parts");
+  DeviceBuffer* dst = Buf(info, 1, "dst");
+  const size_t outer = Dim(info, 2, "outer");
+  const size_t block = Dim(info, 3, "block");
+  const uint64_t partNumel = Mul(env, outer, block);
+  std::vector<DeviceBuffer*> parts(count);
+  for (uint32_t p = 0; p < count; p++) {
+    const std::string name = "parts[" + std::to_string(p) + "]";
+    parts[p] = DeviceBuffer::Live(arr.Get(p), name.c_str());
+    SameKind(env, parts[p], dst, "cat");
+    MinNumel(env, parts[p], partNumel, name.c_str());
+  }
+  MinNumel(env, dst, Mul(env, partNumel, count), "dst");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    const size_t es = ItemSize(dst->dtype());
+    if (partNumel == 0) return env.Undefined();
+    DeviceContext& dev = Current(dst->device());
+    const size_t width = block * es;
+    for (uint32_t p = 0; p < count; p++) {
+      Copy2D(dev, static_cast<char*>(dst->data()) + p * width, width * count, parts[p]->data(), width, width, outer);
+    }
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaCast(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* src = Buf(info, 0, "src");
+  DeviceBuffer* dst = Buf(info, 1, "dst");
+  SameDevice(env, src, dst, "cast");
+  if (src->numel() != dst->numel()) {
+    throw Napi::RangeError::New(env, "cast: element counts differ (" + std::to_string(src->numel()) + " and " +
+                                         std::to_string(dst->numel()) + ")");
+  }
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (src->numel() == 0) return env.Undefined();
+    DeviceContext& dev = Current(src->device());
+    if (src->dtype() == dst->dtype()) {
+      CudaCheck(cudaMemcpyAsync(dst->data(), src->data(), src->bytes(), cudaMemcpyDeviceToDevice, dev.stream),
+                "cudaMemcpyAsync on " + dev.Name());
+    } else {
+      CudaCheck(kernels::Cast(src->data(), src->dtype(), dst->data(), dst->dtype(), src->numel(), dev.stream),
+                "cast kernel on " + dev.Name());
+    }
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaGemm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* a = Buf(info, 0, "a");
+  DeviceBuffer* b = Buf(info, 1, "b");
+  DeviceBuffer* c = Buf(info, 2, "c");
+  DeviceBuffer* bias = nullptr;
+  if (info.Length() > 3 && !info[3].IsNull() && !info[3].IsUndefined()) bias = DeviceBuffer::Live(info[3], "bias");
+  const int64_t M = IntArg(info, 4, "M", 0, kMaxDim);
+  const int64_t N = IntArg(info, 5, "N", 0, kMaxDim);
+  const int64_t K = IntArg(info, 6, "K", 0, kMaxDim);
+  const bool transA = BoolArg(info, 7, "transA");
+  const bool transB = BoolArg(info, 8, "transB");
+  const bool tf32 = BoolArg(info, 9, "tf32");
+  SameKind(env, a, b, "gemm");
+  SameKind(env, a, c, "gemm");
+  if (bias != nullptr) SameKind(env, a, bias, "gemm");
+  MinNumel(env, a, Mul(env, M, K), "a");
+  MinNumel(env, b, Mul(env, K, N), "b");
+  MinNumel(env, c, Mul(env, M, N), "c");
+  if (bias != nullptr) MinNumel(env, bias, static_cast<uint64_t>(N), "bias");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(a->device());
+    Gemm(dev, a->dtype(), a->data(), b->data(), c->data(), bias != nullptr ? bias->data() : nullptr, M, N, K, transA, transB,
+         tf32);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaBiasAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* y = Buf(info, 0, "y");
+  DeviceBuffer* bias = Buf(info, 1, "bias");
+  SameKind(env, y, bias, "biasAdd");
+  const size_t rows = Dim(info, 2, "rows");
+  const size_t cols = Dim(info, 3, "cols");
+  MinNumel(env, y, Mul(env, rows, cols), "y");
+  MinNumel(env, bias, cols, "bias");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(y->device());
+    CudaCheck(kernels::BiasAdd(y->data(), bias->data(), rows, cols, y->dtype(), dev.stream), "bias-add kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaSiluAndMul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* x = Buf(info, 0, "x");
+  DeviceBuffer* out = Buf(info, 1, "out");
+  SameKind(env, x, out, "siluAndMul");
+  const size_t rows = Dim(info, 2, "rows");
+  const size_t d = Dim(info, 3, "d");
+  MinNumel(env, x, Mul(env, Mul(env, rows, d), 2), "x");
+  MinNumel(env, out, Mul(env, rows, d), "out");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(x->device());
+    CudaCheck(kernels::SiluAndMul(x->data(), out->data(), rows, d, x->dtype(), dev.stream), "siluAndMul kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaRmsNorm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* x = Buf(info, 0, "x");
+  DeviceBuffer* w = Buf(info, 1, "weight");
+  DeviceBuffer* out = Buf(info, 2, "out");
+  SameKind(env, x, w, "rmsNorm");
+  SameKind(env, x, out, "rmsNorm");
+  const size_t rows = Dim(info, 3, "rows");
+  const size_t cols = Dim(info, 4, "cols");
+  const double eps = NumberArg(info, 5, "eps");
+  if (!(eps >= 0.0) || eps > 1e30) throw Napi::RangeError::New(env, "Expected finite non-negative number for eps");
+  MinNumel(env, x, Mul(env, rows, cols), "x");
+  MinNumel(env, out, Mul(env, rows, cols), "out");
+  MinNumel(env, w, cols, "weight");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(x->device());
+    CudaCheck(kernels::RmsNorm(x->data(), w->data(), out->data(), rows, cols, static_cast<float>(eps), x->dtype(), dev.stream),
+              "rmsNorm kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaAdd(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* a = Buf(info, 0, "a");
+  DeviceBuffer* b = Buf(info, 1, "b");
+  DeviceBuffer* out = Buf(info, 2, "out");
+  SameKind(env, a, b, "add");
+  SameKind(env, a, out, "add");
+  const size_t n = a->numel();
+  MinNumel(env, b, n, "b");
+  MinNumel(env, out, n, "out");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(a->device());
+    CudaCheck(kernels::Add(a->data(), b->data(), out->data(), n, a->dtype(), dev.stream), "add kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaEmbedding(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* table = Buf(info, 0, "table");
+  if (info.Length() < 2 || !info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    throw Napi::TypeError::New(env, "Expected Int32Array for ids");
+  }
+  Napi::Int32Array ids = info[1].As<Napi::Int32Array>();
+  DeviceBuffer* out = Buf(info, 2, "out");
+  SameKind(env, table, out, "embedding");
+  const size_t dim = static_cast<size_t>(IntArg(info, 3, "dim", 1, kMaxDim));
+  const size_t count = ids.ElementLength();
+  MinNumel(env, out, Mul(env, count, dim), "out");
+  const int64_t vocab = static_cast<int64_t>(table->numel() / dim);
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (count == 0) return env.Undefined();
+    DeviceContext& dev = Current(table->device());
+    const size_t bytes = count * sizeof(int32_t);
+    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
+    std::memcpy(block.data, ids.Data(), bytes);
+    try {
+      void* dIds = dev.Alloc(bytes);
+      cudaError_t e = cudaMemcpyAsync(dIds, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
+      if (e == cudaSuccess) {
+        e = kernels::Embedding(table->data(), static_cast<const int32_t*>(dIds), out->data(), count, dim, vocab, table->dtype(),
+                               dev.stream);
+      }
+      dev.Free(dIds);
+      CudaCheck(e, "embedding gather on " + dev.Name());
+    } catch (...) {
+      RecordAndRelease(dev, block);
+      throw;
+    }
+    RecordAndRelease(dev, block);
+    return env.Undefined();
+  });
+}
+
+}  // namespace tpkit
