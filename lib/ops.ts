@@ -7,7 +7,7 @@
  * @module
  */
 import { Tensor, checkTensor, formatShape } from './tensor';
-import { finiteNumber, optionalBoolean, options } from './validate';
+import { dimIndex, finiteNumber, optionalBoolean, options } from './validate';
 
 function sameDevice(a: Tensor, b: Tensor, what: string): void {
   if (a.device !== b.device) throw new RangeError(`${what}: tensors are on different devices (${a.device} and ${b.device})`);
@@ -160,23 +160,21 @@ export async function add(a: Tensor, b: Tensor): Promise<Tensor> {
 }
 
 /**
- * Concatenates tensors of equal shape along `dim` (a new tensor).
+ * Concatenates tensors along `dim` (a new tensor): shapes must agree except in `dim`.
  *
- * @throws RangeError when shapes, dtypes or devices differ
+ * @throws TypeError for an empty list or non-tensors; RangeError when shapes, dtypes or devices differ
  */
 export function cat(parts: readonly Tensor[], dim: number): Tensor {
   if (!Array.isArray(parts) || parts.length === 0) throw new TypeError('Expected non-empty array of Tensors for parts');
   const first = checkTensor(parts[0], 'parts[0]');
+  const d = dimIndex(dim, Math.max(1, first.ndim));
   parts.forEach((p, i) => {
     checkTensor(p, `parts[${i}]`);
     sameDevice(first, p, 'cat');
-    if (formatShape(p.shape) !== formatShape(first.shape)) {
-      throw new RangeError(`cat expects equal shapes but received ${formatShape(first.shape)} and ${formatShape(p.shape)}`);
-    }
+    const same = p.ndim === first.ndim && p.shape.every((s: number, j: number) => j === d || s === first.shape[j]);
+    if (!same) throw new RangeError(`cat along dim ${d} expects shapes equal except in that dim but received ${formatShape(first.shape)} and ${formatShape(p.shape)}`);
   });
-  const d = dim < 0 ? dim + first.ndim : dim;
-  if (!Number.isInteger(d) || d < 0 || d >= first.ndim) throw new RangeError(`Expected integer in [${-first.ndim}, ${first.ndim}) for dim but received ${dim} of type number`);
   const shape = first.shape.slice();
-  shape[d] = shape[d]! * parts.length;
-  return Tensor._wrap(first._ops.cat(parts.map((p) => p._storage), first.shape, d), shape);
+  shape[d] = parts.reduce((n, p) => n + p.shape[d]!, 0);
+  return Tensor._wrap(first._ops.cat(parts.map((p) => p._storage), parts.map((p) => p.shape), d), shape);
 }

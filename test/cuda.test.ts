@@ -180,8 +180,8 @@ addonTest('the addon rejects bad arguments with TypeError / RangeError instead o
     instanceOf: TypeError,
     message: 'Expected DeviceBuffer for a',
   });
-  t.throws(() => a.cat([] as never, {} as never, 1, 1), { instanceOf: RangeError, message: 'Expected between 1 and 2^20 parts' });
-  t.throws(() => a.cat('x' as never, {} as never, 1, 1), { instanceOf: TypeError, message: 'Expected array of DeviceBuffers for parts' });
+  t.throws(() => a.cat([] as never, {} as never, 1, [1]), { instanceOf: RangeError, message: 'Expected between 1 and 2^20 parts' });
+  t.throws(() => a.cat('x' as never, {} as never, 1, [1]), { instanceOf: TypeError, message: 'Expected array of DeviceBuffers for parts' });
   t.throws(() => new a.DeviceBuffer(-1, 0, 4), { instanceOf: RangeError, message: 'Expected integer in [0, 65536] for device' });
   t.throws(() => new a.DeviceBuffer(0, 3, 4), { instanceOf: RangeError, message: 'Expected integer in [0, 2] for dtype' });
   t.throws(() => new a.DeviceBuffer(0, 0, 'x' as never), { instanceOf: TypeError, message: 'Expected integer for numel' });

@@ -86,16 +86,24 @@ function narrowArray<T extends Float32Array | Uint16Array>(src: T, shape: readon
   return out;
 }
 
-/** Concatenates equal parts along `dim`. */
-function catArrays<T extends Float32Array | Uint16Array>(parts: T[], partShape: readonly number[], dim: number): T {
+/** Concatenates parts along `dim` (shapes equal except in `dim`). */
+function catArrays<T extends Float32Array | Uint16Array>(parts: T[], partShapes: readonly (readonly number[])[], dim: number): T {
   let outer = 1;
-  for (let i = 0; i < dim; i++) outer *= partShape[i]!;
-  let block = 1;
-  for (let i = dim; i < partShape.length; i++) block *= partShape[i]!;
-  const n = parts.length;
-  const out = new (parts[0]!.constructor as { new (n: number): T })(outer * block * n);
+  for (let i = 0; i < dim; i++) outer *= partShapes[0]![i]!;
+  const blocks = partShapes.map((sh) => {
+    let b = 1;
+    for (let i = dim; i < sh.length; i++) b *= sh[i]!;
+    return b;
+  });
+  const row = blocks.reduce((a, b) => a + b, 0);
+  const out = new (parts[0]!.constructor as { new (n: number): T })(outer * row);
   for (let o = 0; o < outer; o++) {
-    for (let p = 0; p < n; p++) out.set(parts[p]!.subarray(o * block, (o + 1) * block), (o * n + p) * block);
+    let offset = o * row;
+    for (let p = 0; p < parts.length; p++) {
+      const b = blocks[p]!;
+      out.set(parts[p]!.subarray(o * b, (o + 1) * b), offset);
+      offset += b;
+    }
   }
   return out;
 }
@@ -118,7 +126,7 @@ export const cpuOps: DeviceOps = {
     else (h.data as Uint16Array).set(floatToBits(data, h.dtype));
   },
   narrow: (s, shape, dim, start, length) => new HostStorage(s.dtype, narrowArray(host(s).data, shape, dim, start, length)),
-  cat: (parts, partShape, dim) => new HostStorage(parts[0]!.dtype, catArrays(parts.map((p) => host(p).data), partShape, dim)),
+  cat: (parts, partShapes, dim) => new HostStorage(parts[0]!.dtype, catArrays(parts.map((p) => host(p).data), partShapes, dim)),
   cast(s, dtype) {
     const h = host(s);
     if (h.dtype === dtype) return new HostStorage(dtype, h.data.slice());

@@ -184,12 +184,12 @@ export const cudaOps: DeviceOps = {
       cudaAddon().narrow(buf(s), out, outer, shape[dim]!, inner, start, length),
     );
   },
-  cat(parts, partShape, dim) {
-    const outer = product(partShape, 0, dim);
-    const block = product(partShape, dim, partShape.length);
+  cat(parts, partShapes, dim) {
+    const outer = product(partShapes[0]!, 0, dim);
+    const blocks = partShapes.map((sh) => product(sh, dim, sh.length));
     const first = parts[0]!;
-    return produce(first, first.dtype, outer * block * parts.length, (out) =>
-      cudaAddon().cat(parts.map(buf), out, outer, block),
+    return produce(first, first.dtype, outer * blocks.reduce((a, b) => a + b, 0), (out) =>
+      cudaAddon().cat(parts.map(buf), out, outer, blocks),
     );
   },
   cast: (s, dtype) => produce(s, dtype, s.numel, (out) => cudaAddon().cast(buf(s), out)),

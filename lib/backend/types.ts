@@ -46,8 +46,8 @@ export interface DeviceOps {
   writeFloat32(s: Storage, data: Float32Array): Promise<void>;
   /** Copy of a slice along `dim` of a tensor of `shape` (contiguous result). */
   narrow(s: Storage, shape: readonly number[], dim: number, start: number, length: number): Storage;
-  /** Concatenates equally shaped parts along `dim` (each part has `partShape`). */
-  cat(parts: Storage[], partShape: readonly number[], dim: number): Storage;
+  /** Concatenates parts along `dim`; their shapes (`partShapes`) differ at most in `dim`. */
+  cat(parts: Storage[], partShapes: readonly (readonly number[])[], dim: number): Storage;
   /** Converts to another dtype (new storage). */
   cast(s: Storage, dtype: DType): Storage;
   /** C[M,N] = op(A)·op(B). */

@@ -41,33 +41,47 @@ export type NativeDeviceBufferCtor = new (device: number, dtype: number, numel: 
  * `GROUP_DESTROYED`.
  */
 export interface NativeNcclComm {
-  /** `ncclCommInitRankConfig` (non-blocking) with the 128-byte unique id of rank 0. */
+  /** `ncclCommInitRankConfig` (non-blocking) with the 128-byte unique id of rank 0; polled until ready or the timeout. */
   connect(uniqueId: Uint8Array): Promise<void>;
+  /** In place; `redop` is a `REDOP_CODE` (avg = ncclAvg). */
   allReduce(buf: NativeDeviceBuffer, redop: number, timeoutMs?: number): Promise<void>;
   /** `output` holds `size × input.numel` elements, rank-major. */
   allGather(input: NativeDeviceBuffer, output: NativeDeviceBuffer, timeoutMs?: number): Promise<void>;
-  /** `input` holds `size` rank-major chunks of `output.numel` elements. */
+  /** `input` holds `size` rank-major chunks of `output.numel` elements; `output` gets this rank's reduced chunk. */
   reduceScatter(input: NativeDeviceBuffer, output: NativeDeviceBuffer, redop: number, timeoutMs?: number): Promise<void>;
+  /** In place; `root` is a rank of this communicator. */
   broadcast(buf: NativeDeviceBuffer, root: number, timeoutMs?: number): Promise<void>;
+  /** `ncclAlltoAll`: chunk j of `input` goes to rank j; chunk i of `output` comes from rank i. */
   allToAll(input: NativeDeviceBuffer, output: NativeDeviceBuffer, timeoutMs?: number): Promise<void>;
+  /** A one-element all-reduce, settled when it completed on the stream. */
   barrier(timeoutMs?: number): Promise<void>;
+  /** `ncclSend` of the whole buffer to rank `dst` (≠ this rank). */
   send(buf: NativeDeviceBuffer, dst: number, timeoutMs?: number): Promise<void>;
+  /** `ncclRecv` of the whole buffer from rank `src` (≠ this rank). */
   recv(buf: NativeDeviceBuffer, src: number, timeoutMs?: number): Promise<void>;
   /** `ncclCommSplit`: members pass color ≥ 0, their new rank as key and an unconnected child; others -1 and null. */
   split(color: number, key: number, child: NativeNcclComm | null, timeoutMs?: number): Promise<void>;
+  /** Idempotent: queued ops reject with GROUP_DESTROYED, ops in flight finish, then finalize + destroy (abort when broken). */
   close(): void;
+  /** True once an async error or a timeout aborted the communicator. */
   isBroken(): boolean;
 }
 
 /** What the addon reports about the CUDA runtime and libraries (never throws). */
 export interface NativeCudaRuntimeStatus {
+  /** Visible CUDA devices (0 when cudaGetDeviceCount fails, e.g. error 35 without a driver, 100 without a GPU). */
   deviceCount: number;
   /** Why deviceCount is 0 (cudaGetDeviceCount's error), or null. */
   deviceError: string | null;
+  /** CUDA runtime version the addon was built with (`13.0`). */
   cudaRuntime: string | null;
+  /** CUDA version the installed driver supports, or null without a driver. */
   cudaDriver: string | null;
+  /** cuBLAS version (`13.1.1`). */
   cublas: string | null;
+  /** cuBLASLt version (`13.1.1`). */
   cublasLt: string | null;
+  /** NCCL version (`2.30.7`). */
   nccl: string | null;
 }
 
@@ -85,27 +99,43 @@ export interface CudaMemoryInfo {
 
 /** The CUDA addon's exports (see native/cuda/addon.cc). Sizes are element counts. */
 export interface CudaAddon {
+  /** Registers the constructor native code uses for coded errors. */
   setErrorClass(cls: typeof TpkitError): void;
+  /** Runtime and library facts; never throws. */
   status(): NativeCudaRuntimeStatus;
+  /** Device memory facts (no synchronisation: call `synchronize` first to include every enqueued free). */
   memoryInfo(device: number): CudaMemoryInfo;
   /** Settles when everything enqueued so far on the device's stream completed. */
   synchronize(device: number): Promise<void>;
+  /** `new DeviceBuffer(device, dtype, numel)`: stream-ordered allocation from the device's pool. */
   DeviceBuffer: NativeDeviceBufferCtor;
+  /** `cudaMemsetAsync(0)` of the whole buffer. */
   zero(buf: NativeDeviceBuffer): void;
   /** Float32Array values are converted to the buffer's dtype; Uint16Array holds raw float16/bfloat16 bits. */
   upload(dst: NativeDeviceBuffer, src: Float32Array | Uint16Array): void;
+  /** The elements as float32, resolved when the copy's event completed (off the main thread). */
   download(src: NativeDeviceBuffer): Promise<Float32Array>;
+  /** `dst[o, l, i] = src[o, start + l, i]` (a 2-D strided copy: `outer` rows of `length·inner` elements). */
   narrow(src: NativeDeviceBuffer, dst: NativeDeviceBuffer, outer: number, size: number, inner: number, start: number, length: number): void;
-  cat(parts: NativeDeviceBuffer[], dst: NativeDeviceBuffer, outer: number, block: number): void;
+  /** `dst[o, p, b] = parts[p][o, b]`: concatenation of equal parts along a dim. */
+  cat(parts: NativeDeviceBuffer[], dst: NativeDeviceBuffer, outer: number, blocks: number[]): void;
+  /** `dst = src` converted to dst's dtype (round to nearest even); equal element counts. */
   cast(src: NativeDeviceBuffer, dst: NativeDeviceBuffer): void;
+  /** `c[M,N] = op(a)·op(b) (+ bias[N])`, row-major, one dtype, float32 accumulation (TF32 only when `tf32`). */
   gemm(a: NativeDeviceBuffer, b: NativeDeviceBuffer, c: NativeDeviceBuffer, bias: NativeDeviceBuffer | null, M: number, N: number, K: number, transA: boolean, transB: boolean, tf32: boolean): void;
+  /** `y[r, c] += bias[c]` in place. */
   biasAdd(y: NativeDeviceBuffer, bias: NativeDeviceBuffer, rows: number, cols: number): void;
+  /** `out[r, j] = silu(x[r, j]) · x[r, d + j]`. */
   siluAndMul(x: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, d: number): void;
+  /** `out = x / sqrt(mean(x²) + eps) · weight` per row (float32 accumulation). */
   rmsNorm(x: NativeDeviceBuffer, weight: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, cols: number, eps: number): void;
+  /** `out = a + b`. */
   add(a: NativeDeviceBuffer, b: NativeDeviceBuffer, out: NativeDeviceBuffer): void;
+  /** Rows of `table [vocab, dim]` at `ids`; ids outside [0, vocab) give a zero row. */
   embedding(table: NativeDeviceBuffer, ids: Int32Array, out: NativeDeviceBuffer, dim: number): void;
   /** Fills `out` (≥ 128 bytes) with a fresh ncclUniqueId (runs on the libuv pool). */
   ncclUniqueId(out: Uint8Array): Promise<void>;
+  /** `new NcclComm(rank, size, device, timeoutMs)`. */
   NcclComm: new (rank: number, size: number, device: number, timeoutMs: number) => NativeNcclComm;
 }
 

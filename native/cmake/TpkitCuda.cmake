@@ -84,7 +84,9 @@ set_target_properties(tpkit_cuda PROPERTIES
   # cuBLAS and NCCL load from where they were found, without LD_LIBRARY_PATH.
   BUILD_RPATH "${_tpkit_cuda_rpath}"
   INSTALL_RPATH "${_tpkit_cuda_rpath}")
-target_include_directories(tpkit_cuda PRIVATE ${CMAKE_JS_INC} ${NODE_ADDON_API_DIR} ${CUDAToolkit_INCLUDE_DIRS})
+# cuBLAS / NCCL headers first: a toolkit that ships its own cublas_v2.h must not shadow the library we link.
+target_include_directories(tpkit_cuda PRIVATE
+  ${CUBLAS_INCLUDE_DIR} ${NCCL_INCLUDE_DIR} ${CMAKE_JS_INC} ${NODE_ADDON_API_DIR} ${CUDAToolkit_INCLUDE_DIRS})
 target_compile_definitions(tpkit_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:NAPI_VERSION=8 NODE_ADDON_API_CPP_EXCEPTIONS NODE_ADDON_API_CPP_EXCEPTIONS_ALL NODE_ADDON_API_DISABLE_DEPRECATED>)
 target_compile_options(tpkit_cuda PRIVATE

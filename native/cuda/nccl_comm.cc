@@ -98,7 +98,8 @@ struct NcclState {
 
   std::thread thread;
   NcclTsfn tsfn;
-  int64_t pending = 0;  // main thread only
+  int64_t pending = 0;           // main thread only
+  bool connectRequested = false;  // main thread only
 
   std::string Who() const {
     return "rank " + std::to_string(rank) + " of " + std::to_string(size) + " (cuda:" + std::to_string(device) + ")";
@@ -444,7 +445,8 @@ Napi::Value NcclComm::Connect(const Napi::CallbackInfo& info) {
     throw Napi::TypeError::New(env, "Expected Uint8Array of " + std::to_string(NCCL_UNIQUE_ID_BYTES) + " bytes for uniqueId");
   }
   auto s = state_;
-  if (s->connected) throw Napi::Error::New(env, "communicator is already connected");
+  if (s->connected || s->connectRequested) throw Napi::Error::New(env, "communicator is already connected");
+  s->connectRequested = true;
   ncclUniqueId id;
   std::memcpy(&id, info[0].As<Napi::Uint8Array>().Data(), sizeof(id));
   auto* job = NewJob(env, "init", s->timeout, {});
@@ -626,13 +628,15 @@ Napi::Value NcclComm::Split(const Napi::CallbackInfo& info) {
       throw Napi::TypeError::New(env, "Expected NcclComm or null for child");
     }
     child = NcclComm::Unwrap(info[2].As<Napi::Object>())->state_;
-    if (child->connected) throw Napi::Error::New(env, "the child communicator is already connected");
+    if (child->connected || child->connectRequested) throw Napi::Error::New(env, "the child communicator is already connected");
     if (child->device != s->device) throw Napi::RangeError::New(env, "the child communicator must use the parent's device");
   }
   if ((color == NCCL_SPLIT_NOCOLOR) != (child == nullptr)) {
     throw Napi::TypeError::New(env, "split: a member passes a color >= 0 and a child communicator; a non-member passes -1 and null");
   }
-  auto* job = NewJob(env, "split", TimeoutArg(info, 3, *s), {});
+  const ms timeout = TimeoutArg(info, 3, *s);
+  if (child) child->connectRequested = true;
+  auto* job = NewJob(env, "split", timeout, {});
   if (child) job->refs.push_back(Napi::Persistent(info[2].As<Napi::Object>()));
   job->onStream = false;
   job->run = [color, key, child](NcclState& st, NcclJob& j) {

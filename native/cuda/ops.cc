@@ -230,6 +230,7 @@ Napi::Value CudaNarrow(const Napi::CallbackInfo& info) {
   });
 }
 
+// cat(parts, dst, outer, blocks): part p is [outer, blocks[p]] (elements); dst is [outer, Σ blocks].
 Napi::Value CudaCat(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsArray()) throw Napi::TypeError::New(env, "Expected array of DeviceBuffers for parts");
@@ -238,23 +239,38 @@ Napi::Value CudaCat(const Napi::CallbackInfo& info) {
   if (count == 0 || count > (1u << 20)) throw Napi::RangeError::New(env, "Expected between 1 and 2^20 parts");
   DeviceBuffer* dst = Buf(info, 1, "dst");
   const size_t outer = Dim(info, 2, "outer");
-  const size_t block = Dim(info, 3, "block");
-  const uint64_t partNumel = Mul(env, outer, block);
+  if (info.Length() < 4 || !info[3].IsArray() || info[3].As<Napi::Array>().Length() != count) {
+    throw Napi::TypeError::New(env, "Expected array of one block size per part for blocks");
+  }
+  Napi::Array blockArr = info[3].As<Napi::Array>();
   std::vector<DeviceBuffer*> parts(count);
+  std::vector<size_t> blocks(count);
+  uint64_t total = 0;
   for (uint32_t p = 0; p < count; p++) {
     const std::string name = "parts[" + std::to_string(p) + "]";
+    Napi::Value b = blockArr.Get(p);
+    if (!b.IsNumber() || b.As<Napi::Number>().DoubleValue() < 0 ||
+        b.As<Napi::Number>().DoubleValue() > 9007199254740991.0) {
+      throw Napi::RangeError::New(env, "Expected non-negative integer for blocks[" + std::to_string(p) + "]");
+    }
+    blocks[p] = static_cast<size_t>(b.As<Napi::Number>().Int64Value());
     parts[p] = DeviceBuffer::Live(arr.Get(p), name.c_str());
     SameKind(env, parts[p], dst, "cat");
-    MinNumel(env, parts[p], partNumel, name.c_str());
+    MinNumel(env, parts[p], Mul(env, outer, blocks[p]), name.c_str());
+    total += blocks[p];
   }
-  MinNumel(env, dst, Mul(env, partNumel, count), "dst");
+  MinNumel(env, dst, Mul(env, outer, total), "dst");
   return Guard(env, "cuda", [&]() -> Napi::Value {
     const size_t es = ItemSize(dst->dtype());
-    if (partNumel == 0) return env.Undefined();
+    if (outer == 0 || total == 0) return env.Undefined();
     DeviceContext& dev = Current(dst->device());
-    const size_t width = block * es;
+    size_t offset = 0;
     for (uint32_t p = 0; p < count; p++) {
-      Copy2D(dev, static_cast<char*>(dst->data()) + p * width, width * count, parts[p]->data(), width, width, outer);
+      const size_t width = blocks[p] * es;
+      if (width > 0) {
+        Copy2D(dev, static_cast<char*>(dst->data()) + offset, total * es, parts[p]->data(), width, width, outer);
+      }
+      offset += width;
     }
     return env.Undefined();
   });

@@ -1,0 +1,28 @@
+/**
+ * Bridges safetensors data and tensors.
+ *
+ * @module
+ */
+import { Tensor } from '../tensor';
+import type { RawTensor } from './safetensors';
+
+/**
+ * Wraps raw checkpoint data as a host Tensor of the same dtype (float16/bfloat16 bits kept as they are).
+ *
+ * @param raw - from `SafetensorsFile.read` / `readRows` / `readColumns` / `readSlice`
+ */
+export function tensorFromRaw(raw: RawTensor): Tensor {
+  if (raw.dtype === 'float32') return Tensor.from(raw.data as Float32Array, raw.shape);
+  return Tensor.fromBits(raw.data as Uint16Array, raw.shape, { dtype: raw.dtype });
+}
+
+/**
+ * The raw form of a host tensor, for `writeSafetensors` (float16/bfloat16 as bits).
+ *
+ * @throws TypeError for a non-host tensor
+ */
+export async function rawFromTensor(t: Tensor): Promise<RawTensor> {
+  if (t.device !== 'cpu') throw new TypeError(`rawFromTensor expects a cpu tensor but received one on ${t.device}`);
+  const storage = t._storage as unknown as { data: Float32Array | Uint16Array };
+  return { dtype: t.dtype, shape: t.shape.slice(), data: storage.data.slice() };
+}

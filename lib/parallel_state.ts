@@ -1,0 +1,246 @@
+/**
+ * Model-parallel state: which ranks form the tensor-parallel (TP), pipeline-parallel (PP) and data-parallel
+ * (DP) groups of this process, following vLLM's `parallel_state.py` and Megatron-LM's `parallel_state`.
+ *
+ * Lifecycle:
+ * 1. `await initDistributed()` — joins the job, returns the world group;
+ * 2. `await parallelState.initializeModelParallel({ tensorParallelSize, pipelineParallelSize })` — every rank
+ *    creates every group (in the same order), joining those it belongs to;
+ * 3. layers and `tensorModelParallelAllReduce` use the groups;
+ * 4. `parallelState.destroyModelParallel()` — ends them (the world group stays).
+ *
+ * Layout: ranks are laid out TP fastest, then PP, then DP: global rank = dp·(pp·tp) + p·tp + t. With world 8,
+ * tp 2, pp 2 the TP groups are [0,1] [2,3] [4,5] [6,7], the PP groups [0,2] [1,3] [4,6] [5,7] and the DP groups
+ * [0,4] [1,5] [2,6] [3,7] (vLLM's `initialize_model_parallel`).
+ *
+ * Each group is a private singleton behind an accessor that throws `NOT_INITIALIZED` when it does not exist.
+ * Layers also accept an explicit `group`, so a program can hold two independent model-parallel setups.
+ *
+ * @module
+ */
+import { TpkitError } from './errors';
+import { getWorldGroup } from './distributed/init';
+import type { ProcessGroup } from './distributed/process_group';
+import { Tensor, checkTensor } from './tensor';
+import { options, positiveInteger } from './validate';
+
+/** Options of {@link initializeModelParallel}. */
+export interface ModelParallelOptions {
+  /** Ranks per tensor-parallel group (positive integer dividing the world size). */
+  tensorParallelSize: number;
+  /** Pipeline stages (default 1); tp × pp must divide the world size. */
+  pipelineParallelSize?: number;
+  /** The world group to split (default: the one returned by the last `initDistributed()`). */
+  world?: ProcessGroup;
+}
+
+/** Pure layout: the rank lists of every TP, PP and DP group for a world size (no communication). */
+export interface ModelParallelLayout {
+  tensorParallelGroups: number[][];
+  pipelineParallelGroups: number[][];
+  dataParallelGroups: number[][];
+}
+
+interface State {
+  world: ProcessGroup;
+  tp: ProcessGroup;
+  pp: ProcessGroup;
+  dp: ProcessGroup;
+  tpSize: number;
+  ppSize: number;
+  ppRanks: readonly number[];
+}
+
+let state: State | null = null;
+
+/**
+ * Computes the TP / PP / DP rank lists for `worldSize` ranks, TP fastest, then PP, then DP (vLLM).
+ *
+ * @throws TypeError / RangeError when a size is not a positive integer or tp × pp does not divide worldSize
+ */
+export function modelParallelLayout(worldSize: number, tensorParallelSize: number, pipelineParallelSize = 1): ModelParallelLayout {
+  positiveInteger(worldSize, 'worldSize');
+  positiveInteger(tensorParallelSize, 'tensorParallelSize');
+  positiveInteger(pipelineParallelSize, 'pipelineParallelSize');
+  const mp = tensorParallelSize * pipelineParallelSize;
+  if (worldSize % mp !== 0) {
+    throw new RangeError(
+      `world size ${worldSize} is not divisible by tensorParallelSize ${tensorParallelSize} × pipelineParallelSize ${pipelineParallelSize} = ${mp}`,
+    );
+  }
+  const dpSize = worldSize / mp;
+  const rank = (d: number, p: number, t: number) => d * mp + p * tensorParallelSize + t;
+  const tensorParallelGroups: number[][] = [];
+  const pipelineParallelGroups: number[][] = [];
+  const dataParallelGroups: number[][] = [];
+  for (let d = 0; d < dpSize; d++) {
+    for (let p = 0; p < pipelineParallelSize; p++) {
+      tensorParallelGroups.push(Array.from({ length: tensorParallelSize }, (_, t) => rank(d, p, t)));
+    }
+    for (let t = 0; t < tensorParallelSize; t++) {
+      pipelineParallelGroups.push(Array.from({ length: pipelineParallelSize }, (_, p) => rank(d, p, t)));
+    }
+  }
+  for (let p = 0; p < pipelineParallelSize; p++) {
+    for (let t = 0; t < tensorParallelSize; t++) {
+      dataParallelGroups.push(Array.from({ length: dpSize }, (_, d) => rank(d, p, t)));
+    }
+  }
+  dataParallelGroups.sort((a, b) => a[0]! - b[0]!);
+  return { tensorParallelGroups, pipelineParallelGroups, dataParallelGroups };
+}
+
+/**
+ * Creates the TP, PP and DP groups. Every rank of the world must call it with the same sizes. Calling it again
+ * with the same sizes is a no-op (vLLM's `ensure_model_parallel_initialized`).
+ *
+ * @throws RangeError when tp × pp does not divide the world size; TpkitError `NOT_INITIALIZED` without a world
+ *   group, `ALREADY_INITIALIZED` when initialized with different sizes; rendezvous errors of the new groups
+ */
+export async function initializeModelParallel(opts: ModelParallelOptions): Promise<void> {
+  const o = options<ModelParallelOptions>(opts, 'options');
+  const tpSize = positiveInteger(o.tensorParallelSize, 'tensorParallelSize');
+  const ppSize = o.pipelineParallelSize === undefined ? 1 : positiveInteger(o.pipelineParallelSize, 'pipelineParallelSize');
+  const world = o.world ?? getWorldGroup();
+  if (!world) {
+    throw new TpkitError('NOT_INITIALIZED', 'initializeModelParallel: no world group; call initDistributed() first');
+  }
+  if (state) {
+    if (state.tpSize === tpSize && state.ppSize === ppSize && state.world === world) return;
+    throw new TpkitError(
+      'ALREADY_INITIALIZED',
+      `model parallel is already initialized with tensorParallelSize ${state.tpSize}, pipelineParallelSize ${state.ppSize}; ` +
+        `requested ${tpSize}, ${ppSize} (call destroyModelParallel() first)`,
+    );
+  }
+  const layout = modelParallelLayout(world.size, tpSize, ppSize);
+  // Every rank creates every group in the same order; each joins only its own.
+  const pick = (lists: number[][]): ProcessGroup => {
+    let mine: ProcessGroup | null = null;
+    for (const ranks of lists) {
+      const g = world.newGroup(ranks);
+      if (g.isMember) mine = g;
+    }
+    return mine!;
+  };
+  const tp = pick(layout.tensorParallelGroups);
+  const pp = pick(layout.pipelineParallelGroups);
+  const dp = pick(layout.dataParallelGroups);
+  try {
+    await Promise.all([tp.ready, pp.ready, dp.ready]);
+  } catch (e) {
+    [tp, pp, dp].forEach((g) => g.destroy());
+    throw e;
+  }
+  state = { world, tp, pp, dp, tpSize, ppSize, ppRanks: pp.ranks };
+}
+
+/** True once {@link initializeModelParallel} succeeded (and until {@link destroyModelParallel}). */
+export function modelParallelIsInitialized(): boolean {
+  return state !== null;
+}
+
+function need(what: string): State {
+  if (!state) {
+    throw new TpkitError('NOT_INITIALIZED', `${what} is not initialized; call parallelState.initializeModelParallel() first`);
+  }
+  return state;
+}
+
+/** The tensor-parallel group of this rank. @throws TpkitError `NOT_INITIALIZED` */
+export function getTensorModelParallelGroup(): ProcessGroup {
+  return need('tensor model parallel group').tp;
+}
+/** This rank's rank in its TP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getTensorModelParallelRank(): number {
+  return need('tensor model parallel group').tp.rank;
+}
+/** Ranks per TP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getTensorModelParallelWorldSize(): number {
+  return need('tensor model parallel group').tp.size;
+}
+/** The pipeline-parallel group of this rank. @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelGroup(): ProcessGroup {
+  return need('pipeline model parallel group').pp;
+}
+/** This rank's stage in its PP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelRank(): number {
+  return need('pipeline model parallel group').pp.rank;
+}
+/** Stages per PP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelWorldSize(): number {
+  return need('pipeline model parallel group').pp.size;
+}
+/** Global rank of the first stage of this rank's pipeline. @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelFirstRank(): number {
+  return need('pipeline model parallel group').ppRanks[0]!;
+}
+/** Global rank of the last stage of this rank's pipeline. @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelLastRank(): number {
+  const s = need('pipeline model parallel group');
+  return s.ppRanks[s.ppRanks.length - 1]!;
+}
+/** Global rank of the next stage (wrapping around, as Megatron). @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelNextRank(): number {
+  const s = need('pipeline model parallel group');
+  return s.ppRanks[(s.pp.rank + 1) % s.pp.size]!;
+}
+/** Global rank of the previous stage (wrapping around, as Megatron). @throws TpkitError `NOT_INITIALIZED` */
+export function getPipelineModelParallelPrevRank(): number {
+  const s = need('pipeline model parallel group');
+  return s.ppRanks[(s.pp.rank - 1 + s.pp.size) % s.pp.size]!;
+}
+/** True on the first pipeline stage. @throws TpkitError `NOT_INITIALIZED` */
+export function isPipelineFirstStage(): boolean {
+  return need('pipeline model parallel group').pp.rank === 0;
+}
+/** True on the last pipeline stage. @throws TpkitError `NOT_INITIALIZED` */
+export function isPipelineLastStage(): boolean {
+  const s = need('pipeline model parallel group');
+  return s.pp.rank === s.pp.size - 1;
+}
+/** The data-parallel group of this rank. @throws TpkitError `NOT_INITIALIZED` */
+export function getDataParallelGroup(): ProcessGroup {
+  return need('data parallel group').dp;
+}
+/** This rank's rank in its DP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getDataParallelRank(): number {
+  return need('data parallel group').dp.rank;
+}
+/** Replicas per DP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getDataParallelWorldSize(): number {
+  return need('data parallel group').dp.size;
+}
+
+/**
+ * All-reduce (sum) across the TP group, in place; returns `t` at once when TP size is 1 (vLLM's
+ * `tensor_model_parallel_all_reduce`).
+ *
+ * @throws TpkitError `NOT_INITIALIZED`, and the group's errors (`TIMEOUT`, `PEER_LOST`, …)
+ */
+export async function tensorModelParallelAllReduce(t: Tensor): Promise<Tensor> {
+  checkTensor(t, 't');
+  const g = getTensorModelParallelGroup();
+  if (g.size === 1) return t;
+  return g.allReduce(t);
+}
+
+/**
+ * All-gather across the TP group along `dim` (default −1): a new tensor with shape[dim] × TP size.
+ *
+ * @throws TpkitError `NOT_INITIALIZED`, RangeError for a bad dim, and the group's errors
+ */
+export async function tensorModelParallelAllGather(t: Tensor, dim = -1): Promise<Tensor> {
+  checkTensor(t, 't');
+  return getTensorModelParallelGroup().allGather(t, { dim });
+}
+
+/** Destroys the TP, PP and DP groups (not the world group). Idempotent. */
+export function destroyModelParallel(): void {
+  if (!state) return;
+  const s = state;
+  state = null;
+  s.tp.destroy();
+  s.pp.destroy();
+  s.dp.destroy();
+}
