@@ -46,11 +46,26 @@ export interface GroupRuntime {
 }
 
 const POLL_ABORT_MS = 250;
-const TIMEOUT_GRACE_MS = 200;
+/** After a timeout, how long to wait for the other ranks' arrival marks before naming the missing ones. */
+const TIMEOUT_GRACE_MS = 50;
+/** An op still running after min(timeout / 2, this) marks its arrival in the store (for missing-rank reports). */
+const ARRIVAL_MARK_MS = 1000;
 const DEAD_LOOKUP_MS = 1500;
 
+// Not unref'd: it is awaited while an error is being diagnosed, and nothing else may hold the event loop open
+// then (the store's sockets are unref'd) — an unref'd timer let the process exit in the middle of #fail.
 function sleep(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref?.());
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** What a rank publishes under `<group>/abort` when an operation of the group failed on it. */
+interface AbortRecord {
+  rank: number;
+  code: string;
+  message: string;
+  op: string;
+  seq: number;
+  details: Record<string, unknown>;
 }
 
 /**
@@ -415,7 +430,14 @@ export class ProcessGroup {
     const run = this.#chain.then(async () => {
       await this.#ready;
       this.#assertAlive(op);
-      return body(this.#comm!, ctx);
+      // A slow op marks its arrival, so that a timeout can name the ranks that never arrived.
+      const mark = setTimeout(() => void this.#markArrived(ctx.seq), Math.min(timeoutMs / 2, ARRIVAL_MARK_MS));
+      mark.unref();
+      try {
+        return await body(this.#comm!, ctx);
+      } finally {
+        clearTimeout(mark);
+      }
     });
     this.#chain = run.catch(() => {});
     return this.#guard(op, ctx.seq, timeoutMs, run);
@@ -453,6 +475,10 @@ export class ProcessGroup {
   async #fail(op: string, seq: number, timeoutMs: number, e: unknown): Promise<unknown> {
     if (!(e instanceof TpkitError)) return e;
     if (e.code === 'GROUP_BROKEN' || e.code === 'GROUP_DESTROYED' || e.code === 'NOT_INITIALIZED') return e;
+    if (this.#broken) {
+      // Another op of this group failed first (or a peer's failure was propagated): report that cause.
+      return this.#broken;
+    }
     const where = `${op}${seq >= 0 ? ` (seq ${seq})` : ''} on rank ${this.rank} of process group [${this.ranks.join(', ')}] (${this.backend})`;
     if (e.code === 'COLLECTIVE_MISMATCH') {
       // Agreed before any data moved: the group stays usable.
@@ -466,14 +492,23 @@ export class ProcessGroup {
         backend: this.backend, details: { op, seq, timeoutMs, missingRanks: missing }, cause: e,
       });
     } else if (e.code === 'PEER_LOST') {
-      const dead = await this.#deadRanks();
-      const who = dead.length ? `lost rank${dead.length > 1 ? 's' : ''} ${dead.join(', ')}` : 'lost a peer';
-      err = new TpkitError('PEER_LOST', `${where} ${who}: ${e.message}`, { backend: this.backend, details: { op, seq, lostRanks: dead }, cause: e });
+      // Gloo reports a peer that closed its connections — because it died, or because its own op failed and
+      // it gave up on the group — as a lost connection: tell the two apart through the store.
+      const found = await this.#lostRanksOrAbort();
+      if (found instanceof TpkitError) {
+        err = found;
+      } else {
+        const who = found.length ? `lost rank${found.length > 1 ? 's' : ''} ${found.join(', ')}` : 'lost a peer';
+        err = new TpkitError('PEER_LOST', `${where} ${who}: ${e.message}`, { backend: this.backend, details: { op, seq, lostRanks: found }, cause: e });
+      }
     } else {
       err = new TpkitError(e.code, `${where}: ${e.message}`, { backend: this.backend, details: { op, seq }, cause: e });
     }
+    if (this.#broken) return this.#broken;
     this.#markBroken(err);
-    void this.#publish(err, op, seq);
+    const propagated = (err.details as { propagatedFrom?: number } | undefined)?.propagatedFrom !== undefined;
+    if (propagated) this.#abortCommunicator();
+    else void this.#publish(err, op, seq).then(() => this.#abortCommunicator());
     return err;
   }
 
@@ -483,32 +518,74 @@ export class ProcessGroup {
     this.#abortWaiters.clear();
   }
 
+  /**
+   * Closes the communicator of a broken group: an operation still blocked in it (e.g. an all-reduce waiting for
+   * a rank whose failure was propagated through the store) is woken instead of holding its thread and the event
+   * loop until its own timeout, and the peers' blocked operations fail promptly too.
+   */
+  #abortCommunicator(): void {
+    try {
+      this.#comm?.close();
+    } catch {
+      // already closed
+    }
+  }
+
   async #publish(err: TpkitError, op: string, seq: number): Promise<void> {
     try {
-      const record = { rank: this.#rt.globalRank, code: err.code, message: err.message, op, seq, details: err.details ?? {} };
+      const record: AbortRecord = { rank: this.#rt.globalRank, code: err.code, message: err.message, op, seq, details: { ...(err.details ?? {}) } };
       await this.#rt.store.set(`${this.name}/abort`, JSON.stringify(record));
     } catch {
       // The store may be gone with rank 0; the others then learn of the failure from their own errors.
     }
   }
 
+  #arrivedKey(seq: number, rank: number): string {
+    return `${this.name}/arrived/${seq}/${rank}`;
+  }
+
+  #markArrived(seq: number): Promise<void> {
+    return this.#rt.store.set(this.#arrivedKey(seq, this.#rt.globalRank), '1').catch(() => {});
+  }
+
   /** Global ranks of this group that did not reach collective `seq` before the timeout. */
   async #missingRanks(seq: number): Promise<number[] | null> {
     const store = this.#rt.store;
-    const key = (r: number) => `${this.name}/arrived/${seq}/${r}`;
     try {
-      await store.set(key(this.#rt.globalRank), '1');
+      await store.set(this.#arrivedKey(seq, this.#rt.globalRank), '1');
       await sleep(TIMEOUT_GRACE_MS);
       const missing: number[] = [];
-      for (const r of this.ranks) if (!(await store.check([key(r)]))) missing.push(r);
+      for (const r of this.ranks) if (!(await store.check([this.#arrivedKey(seq, r)]))) missing.push(r);
       return missing;
     } catch {
       return null;
     }
   }
 
-  /** Global ranks of this group whose store connection dropped (their process died). */
-  async #deadRanks(): Promise<number[]> {
+  /** The failure another rank of this group published, or null. */
+  async #readAbort(): Promise<AbortRecord | null> {
+    const key = `${this.name}/abort`;
+    if (!(await this.#rt.store.check([key]))) return null;
+    const rec = JSON.parse((await this.#rt.store.get(key, { timeoutMs: 1000 })).toString()) as AbortRecord;
+    return rec.rank === this.#rt.globalRank ? null : rec;
+  }
+
+  /**
+   * The error this rank reports for a failure another rank published: the same code for a lost peer and for a
+   * collective that timed out (the collective timed out for everyone: same missing ranks), else GROUP_BROKEN.
+   */
+  #propagatedError(rec: AbortRecord): TpkitError {
+    const code = rec.code === 'PEER_LOST' ? 'PEER_LOST' : rec.code === 'TIMEOUT' && rec.seq >= 0 ? 'TIMEOUT' : 'GROUP_BROKEN';
+    return new TpkitError(code, `rank ${rec.rank} of process group [${this.ranks.join(', ')}] failed (${rec.code}): ${rec.message}`, {
+      backend: this.backend, details: { ...rec.details, propagatedFrom: rec.rank, originalCode: rec.code },
+    });
+  }
+
+  /**
+   * After a lost connection: the global ranks of this group whose store connection dropped (their process
+   * died), or the failure another rank published (it closed its connections on purpose).
+   */
+  async #lostRanksOrAbort(): Promise<number[] | TpkitError> {
     const store = this.#rt.store;
     const deadline = Date.now() + DEAD_LOOKUP_MS;
     try {
@@ -517,7 +594,14 @@ export class ProcessGroup {
         for (const r of this.ranks) {
           if (r !== this.#rt.globalRank && (await store.check([`${DEAD_RANK_PREFIX}${r}`]))) dead.push(r);
         }
-        if (dead.length || Date.now() > deadline) return dead;
+        if (dead.length) return dead;
+        const rec = await this.#readAbort();
+        if (rec) {
+          const lost = (rec.details as { lostRanks?: unknown }).lostRanks;
+          if (rec.code !== 'PEER_LOST') return this.#propagatedError(rec);
+          if (Array.isArray(lost) && lost.length) return lost as number[];
+        }
+        if (Date.now() > deadline) return dead;
         await sleep(50);
       }
     } catch {
@@ -539,17 +623,12 @@ export class ProcessGroup {
   }
 
   async #pollAbort(): Promise<void> {
-    const key = `${this.name}/abort`;
     try {
-      if (!(await this.#rt.store.check([key]))) return;
-      const rec = JSON.parse((await this.#rt.store.get(key, { timeoutMs: 1000 })).toString()) as {
-        rank: number; code: string; message: string; op: string; seq: number; details: Record<string, unknown>;
-      };
-      if (rec.rank === this.#rt.globalRank || this.#broken) return;
-      const code = rec.code === 'PEER_LOST' ? 'PEER_LOST' : 'GROUP_BROKEN';
-      this.#markBroken(new TpkitError(code, `rank ${rec.rank} of process group [${this.ranks.join(', ')}] failed (${rec.code}): ${rec.message}`, {
-        backend: this.backend, details: { ...rec.details, propagatedFrom: rec.rank, originalCode: rec.code },
-      }));
+      if (this.#broken) return;
+      const rec = await this.#readAbort();
+      if (!rec || this.#broken) return;
+      this.#markBroken(this.#propagatedError(rec));
+      this.#abortCommunicator();
     } catch {
       // best effort: the op's own timeout still bounds the wait
     }

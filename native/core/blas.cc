@@ -84,7 +84,7 @@ Napi::Value GetBlasThreads(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value BlasConfig(const Napi::CallbackInfo& info) {
-  return Napi::String::New(info.Env(), std::string("OpenBLAS ") + openblas_get_config());
+  return Napi::String::New(info.Env(), std::string(openblas_get_config()));
 }
 
 }  // namespace tpkit

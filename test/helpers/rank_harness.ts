@@ -123,9 +123,21 @@ export function serveScenarios(scenarios: Record<string, Scenario>): void {
     process.exitCode = 1;
     return;
   }
+  let settled = false;
+  // A process that ends while the scenario still awaits something had nothing keeping its event loop alive
+  // (an unref'd handle under a pending promise): report it instead of exiting 0 without a result.
+  process.on('exit', (code) => {
+    if (settled) return;
+    print(`@@tpkit:error ${JSON.stringify(errorInfo(new Error(`process exited (code ${code}) while scenario ${name} was still pending: the event loop emptied under a pending promise`)))}`);
+    process.exitCode = 99;
+  });
   scenario(ctx).then(
-    (value) => print(`@@tpkit:result ${JSON.stringify(value ?? null, replacer)}`),
+    (value) => {
+      settled = true;
+      print(`@@tpkit:result ${JSON.stringify(value ?? null, replacer)}`);
+    },
     (e: unknown) => {
+      settled = true;
       print(`@@tpkit:error ${JSON.stringify(errorInfo(e))}`);
       if (e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
       process.exitCode = 1;
