@@ -97,4 +97,12 @@ export class GlooCommunicator implements Communicator {
   close(): void {
     this.native.close();
   }
+
+  /**
+   * Closes a broken group's communicator: queued ops reject, and once the running op has ended every
+   * connection is hard-closed, so peers blocked on this rank fail at once instead of at their timeout.
+   */
+  abort(): void {
+    (this.native as NativeGlooComm & { abort(): void }).abort();
+  }
 }

@@ -57,7 +57,7 @@ async function openStore(e: DistEnv, timeoutMs: number): Promise<TCPStore> {
     p = (async () => {
       if (e.rank === 0) {
         const server = await TCPStoreServer.listen(e.masterAddr, e.masterPort, { timeoutMs });
-        server.unref();
+        server.unref(0);
         return TCPStore.connect(e.masterAddr, server.port, { timeoutMs, rank: 0 });
       }
       return TCPStore.connect(e.masterAddr, e.masterPort, { timeoutMs, rank: e.rank });

@@ -116,7 +116,7 @@ const FOREIGN_RANK_VARS = [
 /** How long the launcher waits, after a rank exited, for its stdout/stderr pipes to close (a grandchild may hold them). */
 const STDIO_CLOSE_TIMEOUT_MS = 2000;
 /** A line longer than this many characters without a newline is written out in pieces. */
-const MAX_LINE_CHARS = 64 * 1024;
+const MAX_LINE_CHARS = 16 * 1024 * 1024;
 const PREFIX = 'tpkit launch: ';
 
 interface ResolvedOptions {

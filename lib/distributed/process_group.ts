@@ -519,13 +519,14 @@ export class ProcessGroup {
   }
 
   /**
-   * Closes the communicator of a broken group: an operation still blocked in it (e.g. an all-reduce waiting for
-   * a rank whose failure was propagated through the store) is woken instead of holding its thread and the event
-   * loop until its own timeout, and the peers' blocked operations fail promptly too.
+   * Aborts the communicator of a broken group, so that the peers' operations still blocked on this rank fail at
+   * once (and in turn abort theirs) instead of holding their threads and event loops until their own timeouts.
    */
   #abortCommunicator(): void {
+    const comm = this.#comm as (Communicator & { abort?: () => void }) | null;
     try {
-      this.#comm?.close();
+      if (comm?.abort) comm.abort();
+      else comm?.close();
     } catch {
       // already closed
     }
@@ -551,12 +552,19 @@ export class ProcessGroup {
   /** Global ranks of this group that did not reach collective `seq` before the timeout. */
   async #missingRanks(seq: number): Promise<number[] | null> {
     const store = this.#rt.store;
+    const absent = async (ranks: readonly number[]): Promise<number[]> => {
+      const out: number[] = [];
+      for (const r of ranks) if (!(await store.check([this.#arrivedKey(seq, r)]))) out.push(r);
+      return out;
+    };
     try {
       await store.set(this.#arrivedKey(seq, this.#rt.globalRank), '1');
+      // Ranks that arrived marked it long ago (#markArrived); only a rank that timed out at the same moment
+      // as this one may still be writing its mark, so wait a little only when some are absent.
+      const missing = await absent(this.ranks);
+      if (missing.length === 0) return missing;
       await sleep(TIMEOUT_GRACE_MS);
-      const missing: number[] = [];
-      for (const r of this.ranks) if (!(await store.check([this.#arrivedKey(seq, r)]))) missing.push(r);
-      return missing;
+      return await absent(missing);
     } catch {
       return null;
     }

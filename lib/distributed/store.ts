@@ -538,17 +538,20 @@ export class TCPStoreServer {
    * `STORE_UNREACHABLE`). Idempotent: later calls return the same promise. Ranks are not marked dead.
    */
   /**
-   * Lets the process exit while the server is still listening (Node's `server.unref()`): rank 0 keeps
-   * serving the other ranks for as long as it runs, without `close()` being required at the end.
+   * Lets the hosting process exit once the server is only serving itself: the listening socket and the
+   * connection of the host's own client (the one that says HELLO with `ownRank`) no longer keep Node's event
+   * loop alive, while connections of other ranks still do — so rank 0 stays up, serving the store, until every
+   * other rank has disconnected (exited or closed its client), and no `close()` is required at the end.
    */
-  unref(): this {
-    this.#unref = true;
+  unref(ownRank: number): this {
+    this.#unrefRank = ownRank;
     this.#server.unref();
-    for (const socket of this.#sockets) socket.unref();
+    for (const socket of this.#sockets) if (this.#socketRank.get(socket) === ownRank) socket.unref();
     return this;
   }
 
-  #unref = false;
+  #unrefRank: number | null = null;
+  readonly #socketRank = new WeakMap<net.Socket, number>();
   readonly #sockets = new Set<net.Socket>();
 
   close(): Promise<void> {
@@ -571,7 +574,6 @@ export class TCPStoreServer {
   #onConnection(socket: net.Socket): void {
     this.#sockets.add(socket);
     socket.once('close', () => this.#sockets.delete(socket));
-    if (this.#unref) socket.unref();
     if (this.#closing) {
       socket.destroy();
       return;
@@ -682,6 +684,8 @@ export class TCPStoreServer {
         r.end();
         if (rank > 0x7fffffff) throw new ProtocolError(`rank ${rank} out of range`);
         conn.rank = rank;
+        this.#socketRank.set(conn.socket, rank);
+        if (this.#unrefRank === rank) conn.socket.unref();
         this.#ok(conn, reqId);
         return;
       }

@@ -139,9 +139,10 @@ struct GlooState {
   std::mutex mu;
   std::condition_variable cv;
   std::deque<Job*> queue;
-  bool stopping = false;
+  std::atomic<bool> stopping{false};
   std::atomic<bool> broken{false};
   std::atomic<bool> connected{false};
+  std::atomic<bool> abortRequested{false};  // abort(): close every connection once the thread is done
   std::thread thread;
   CompletionTsfn tsfn;
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
@@ -195,6 +196,15 @@ struct GlooState {
         }
       }
       Complete(job);
+    }
+    if (abortRequested && connected) {
+      // Hard-close every pair: peers blocked on this rank fail at once (their pairs see the connection
+      // close) instead of waiting for their timeout. Done here, after the running job ended, because a
+      // pair closed locally does not wake a local waiter (Gloo only signals waiters on a peer's close).
+      try {
+        ctx->closeConnections();
+      } catch (...) {
+      }
     }
     std::lock_guard<std::mutex> lock(mu);
     if (tsfnAlive) tsfn.Release();
@@ -266,6 +276,7 @@ Napi::Function GlooComm::Init(Napi::Env env) {
                       InstanceMethod("send", &GlooComm::Send),
                       InstanceMethod("recv", &GlooComm::Recv),
                       InstanceMethod("close", &GlooComm::Close),
+                      InstanceMethod("abort", &GlooComm::Abort),
                       InstanceMethod("isBroken", &GlooComm::IsBroken)});
 }
 
@@ -556,6 +567,7 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
       info.Env(),
       [=]() {
         try {
+          if (s->stopping) throw CodedError{"GROUP_DESTROYED", "the process group was destroyed"};
           s->RequireConnected();
           const int src = isSend ? me : static_cast<int>(peer);
           const int dst = isSend ? static_cast<int>(peer) : me;
@@ -622,6 +634,14 @@ Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
   }
   state_->cv.notify_all();
   return info.Env().Undefined();
+}
+
+// abort(): close() for a broken group — queued operations reject with GROUP_DESTROYED, and once the running
+// one (if any) has ended, every connection is hard-closed so that peers still blocked on this rank fail at once.
+// Not for a healthy group: a hard close can discard data a peer has not read yet.
+Napi::Value GlooComm::Abort(const Napi::CallbackInfo& info) {
+  state_->abortRequested = true;
+  return Close(info);
 }
 
 Napi::Value GlooComm::IsBroken(const Napi::CallbackInfo& info) {

@@ -1,0 +1,207 @@
+/**
+ * `tpkit bench collectives`: the nccl-tests-style sweep of one collective on every rank.
+ *
+ * Outside a launcher (no `RANK`), the command re-launches itself on `--nproc` ranks with `launch()` and
+ * stays behind as the reporter; under a launcher (`tpkit launch`, srun, mpirun) every rank runs the sweep
+ * and rank 0 reports. The reporter prints the table's companions — peers (raw Gloo, PyTorch) on the same
+ * sizes, the ring cost model — and writes `--json` and `--plot`.
+ *
+ * @module
+ */
+import { initDistributed } from '../lib/distributed/init';
+import { loadCore } from '../lib/native';
+import type { DType } from '../lib/tensor';
+import { COLLECTIVES, type CollectiveName } from './collectives';
+import type { BenchRedop } from './data';
+import { collectiveHeader, collectiveLine } from './format';
+import { averageBusBw, formatSize, runCollectiveSweep, sizeSweep, type CollRow, type SyncMode } from './harness';
+import { machineMeta, metaLine } from './meta';
+import { fitRingModel } from './model';
+import { runGlooPeer } from './peers/native';
+import { runTorchAllReducePeer } from './peers/torch';
+import { renderCollectivesPlot } from './plot';
+import { createProgress } from './progress';
+import { handResultToParent, relaunch, RESULT_ENV } from './relaunch';
+import { collectivePeerTable, modelLines, peerStatusLines, writeFile } from './report';
+import type { CollectivesResult, PeerStatus } from './schema';
+
+/** The peers a run can be compared with. */
+export type PeerName = 'native' | 'torch';
+
+/** Options of `tpkit bench collectives` (parsed and validated by bench/cli.ts). */
+export interface CollectivesOptions {
+  op: CollectiveName;
+  minBytes: number;
+  maxBytes: number;
+  stepFactor: number;
+  iters: number;
+  warmup: number;
+  dtype: DType;
+  redop: BenchRedop;
+  root: number;
+  check: boolean;
+  backend: 'gloo' | 'nccl';
+  device: 'cpu' | 'cuda';
+  sync: SyncMode;
+  nproc: number;
+  json?: string;
+  plot?: string;
+  peers: PeerName[];
+  model: boolean;
+  timeoutMs?: number;
+}
+
+function print(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+/** Runs the sweep on this rank; resolves to the result on rank 0 and null elsewhere. */
+export async function runCollectivesRank(o: CollectivesOptions, env: NodeJS.ProcessEnv = process.env): Promise<CollectivesResult | null> {
+  const plugin = COLLECTIVES[o.op];
+  const world = await initDistributed({ backend: o.backend, ...(o.timeoutMs ? { timeoutMs: o.timeoutMs } : {}) });
+  try {
+    const isRoot = world.rank === 0;
+    if (o.root >= world.size) throw new RangeError(`Expected root in [0, ${world.size}) for --root but received ${o.root}`);
+    const device = o.device === 'cuda' ? (`cuda:${Number(env.LOCAL_RANK ?? 0)}` as const) : 'cpu';
+    const sizes = sizeSweep(o.minBytes, o.maxBytes, o.stepFactor);
+    const meta = machineMeta();
+    const consistencyCheck = (env.TPKIT_CHECK ?? 'on').toLowerCase() === 'off' ? 'off' : 'on';
+    const out = isRoot ? print : () => {};
+    out(`# tpkit bench collectives: ${o.op}, world size ${world.size}, backend ${world.backend}, device ${o.device}, dtype ${o.dtype}, sync ${o.sync}`);
+    out(`#  minBytes ${o.minBytes} maxBytes ${o.maxBytes} step: ${o.stepFactor}(factor) warmup iters: ${o.warmup} iters: ${o.iters} validation: ${o.check ? 1 : 0} TPKIT_CHECK: ${consistencyCheck}`);
+    out(metaLine(meta));
+    out('#');
+    collectiveHeader().forEach(out);
+    const progress = createProgress(isRoot, env);
+    progress.start(sizes.length, formatSize(sizes[0]!));
+    let rows: CollRow[];
+    try {
+      rows = await runCollectiveSweep(
+        world,
+        plugin,
+        { sizes, dtype: o.dtype, device, check: o.check, root: o.root, redop: o.redop, warmup: o.warmup, iters: o.iters, sync: o.sync },
+        (row, i, total) => {
+          out(collectiveLine(row));
+          progress.update(i + 1, `${formatSize(sizes[Math.min(i + 1, total - 1)]!)} of ${formatSize(o.maxBytes)}`);
+        },
+      );
+    } finally {
+      progress.stop();
+    }
+    const wrong = rows.reduce((acc, r) => acc + (r.outOfPlace?.wrong ?? 0) + (r.inPlace?.wrong ?? 0), 0);
+    const avgBusBw = averageBusBw(rows);
+    out(`# Out of bounds values : ${o.check ? wrong : 'N/A'} ${wrong === 0 ? 'OK' : 'FAILED'}`);
+    out(`# Avg bus bandwidth    : ${avgBusBw.toFixed(4)}`);
+    out('#');
+    if (!isRoot) return null;
+    return {
+      schema: 'tpkit.bench.collectives/1',
+      meta: {
+        ...meta,
+        op: o.op,
+        worldSize: world.size,
+        backend: world.backend,
+        device: o.device,
+        dtype: o.dtype,
+        redop: o.redop,
+        root: o.root,
+        iters: o.iters,
+        warmup: o.warmup,
+        sync: o.sync,
+        check: o.check,
+        consistencyCheck,
+        minBytes: o.minBytes,
+        maxBytes: o.maxBytes,
+        stepFactor: o.stepFactor,
+        blasThreads: loadCore().getBlasThreads(),
+      },
+      rows,
+      avgBusBw,
+    };
+  } finally {
+    world.destroy();
+  }
+}
+
+/** Runs the requested peers on the result's sizes and merges their cells into its rows. */
+export async function addPeers(r: CollectivesResult, peers: readonly PeerName[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  if (peers.length === 0) return;
+  const status: Record<string, PeerStatus> = {};
+  const why =
+    r.meta.op !== 'all_reduce' ? `the peers run all_reduce only (this run: ${r.meta.op})` :
+    r.meta.dtype !== 'float32' ? `the peers run float32 only (this run: ${r.meta.dtype})` :
+    r.meta.redop !== 'sum' ? `the peers run sum only (this run: ${r.meta.redop})` : null;
+  const sweep = { worldSize: r.meta.worldSize, minBytes: r.meta.minBytes, maxBytes: r.meta.maxBytes, stepFactor: r.meta.stepFactor, iters: r.meta.iters, warmup: r.meta.warmup };
+  for (const name of peers) {
+    if (why) {
+      status[name] = { status: 'skipped', reason: why };
+      continue;
+    }
+    const run = name === 'native'
+      ? await runGlooPeer(sweep)
+      : await runTorchAllReducePeer({ ...sweep, threads: r.meta.blasThreads, env });
+    status[name] = run.status;
+    for (const row of r.rows) {
+      const cell = run.cells.get(row.size);
+      if (cell) (row.peers ??= {})[name] = cell;
+    }
+  }
+  r.peers = status;
+}
+
+/** The reporter's part: peers, model, files, and the extra sections on stdout. */
+export async function reportCollectives(r: CollectivesResult, o: CollectivesOptions, env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  await addPeers(r, o.peers, env);
+  if (r.peers) {
+    peerStatusLines(r.peers).forEach(print);
+    collectivePeerTable(r).forEach(print);
+  }
+  if (o.model && r.meta.op === 'all_reduce' && r.meta.worldSize >= 2) {
+    const fit = fitRingModel(r.rows.filter((row) => row.inPlace).map((row) => ({ size: row.size, worldSize: r.meta.worldSize, timeUs: row.inPlace!.timeUs })));
+    if (fit) {
+      r.model = fit;
+      modelLines(fit).forEach(print);
+    }
+  }
+  if (o.json) {
+    writeFile(o.json, `${JSON.stringify(r, null, 2)}\n`);
+    print(`# wrote ${o.json}`);
+  }
+  if (o.plot) {
+    writeFile(o.plot, renderCollectivesPlot([r]));
+    print(`# wrote ${o.plot}`);
+  }
+}
+
+/** Total #wrong of a result (rows only). */
+export function totalWrong(r: CollectivesResult): number {
+  return r.rows.reduce((acc, row) => acc + (row.outOfPlace?.wrong ?? 0) + (row.inPlace?.wrong ?? 0), 0);
+}
+
+/**
+ * The command: self-launch (no `RANK`) or run as a rank. `argv` is the command line after `bench`, handed
+ * unchanged to the re-launched ranks.
+ *
+ * @returns 0, 1 when a rank failed or an element was wrong
+ */
+export async function collectivesCommand(o: CollectivesOptions, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
+  if (env.RANK === undefined) {
+    const launched = await relaunch<CollectivesResult>({ nproc: o.nproc, args: [...argv], progress: Boolean(process.stderr.isTTY), env });
+    if (launched.exitCode !== 0 || !launched.result) {
+      process.stderr.write(`tpkit bench collectives: ${launched.summary || 'rank 0 reported no result'}\n`);
+      return launched.exitCode || 1;
+    }
+    await reportCollectives(launched.result, o, env);
+    return totalWrong(launched.result) > 0 ? 1 : 0;
+  }
+  const r = await runCollectivesRank(o, env);
+  if (!r) return 0;
+  if (env[RESULT_ENV]) {
+    handResultToParent(r, env);
+    return 0; // the parent reports, and fails the run when an element was wrong
+  } else {
+    if (o.peers.length > 0) process.stdout.write('# peers run on this node only (rank 0\'s), after the tpkit sweep\n');
+    await reportCollectives(r, o, env);
+  }
+  return totalWrong(r) > 0 ? 1 : 0;
+}
