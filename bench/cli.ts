@@ -12,7 +12,7 @@
  * @module
  */
 import fs from 'node:fs';
-import { Command, CommanderError, Option } from 'commander';
+import { Argument, Command, CommanderError, Option } from 'commander';
 import { COLLECTIVE_NAMES, type CollectiveName } from './collectives';
 import { collectivesCommand, type CollectivesOptions, type PeerName } from './collectives_bench';
 import { BENCH_REDOPS, type BenchRedop } from './data';
@@ -27,7 +27,7 @@ import type { SyncMode } from './harness';
 
 const PEERS: readonly PeerName[] = ['native', 'torch'];
 
-function collectivesCmd(parent: Command, run: (o: CollectivesOptions, argv: string[]) => Promise<number>): void {
+function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise<void>): void {
   parent
     .command('collectives')
     .description('nccl-tests-style sweep of one collective on every rank (re-launches itself on --nproc ranks outside a launcher)')
@@ -51,7 +51,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions, argv: stri
     .addOption(new Option('--peers <list>', 'compare with native (raw C++ Gloo), torch (PyTorch gloo), all, or none').argParser(listOf(PEERS)).default([], 'none'))
     .addOption(new Option('--no-model', 'skip the ring all-reduce cost model fit'))
     .addOption(new Option('--timeout-ms <ms>', 'timeout of the rendezvous and of every collective').argParser(intParser(1)))
-    .action(async (flags: Record<string, unknown>, cmd: Command) => {
+    .action(async (flags: Record<string, unknown>) => {
       const backend = flags.backend as 'gloo' | 'nccl';
       const device = (flags.device as 'cpu' | 'cuda' | undefined) ?? (backend === 'nccl' ? 'cuda' : 'cpu');
       const o: CollectivesOptions = {
@@ -76,15 +76,8 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions, argv: stri
         ...(flags.timeoutMs ? { timeoutMs: flags.timeoutMs as number } : {}),
       };
       if (o.minBytes > o.maxBytes) throw new CommanderError(2, 'tpkit.bench', `error: --minbytes ${o.minBytes} is larger than --maxbytes ${o.maxBytes}`);
-      await run(o, ['collectives', ...cmd.args.length ? [] : [], ...rawArgsOf(cmd)]);
+      await run(o);
     });
-}
-
-/** The arguments a subcommand was given (after its name), to hand to re-launched ranks unchanged. */
-function rawArgsOf(cmd: Command): string[] {
-  const all = (cmd.parent as Command & { rawArgs?: string[] })?.rawArgs ?? [];
-  const at = all.indexOf(cmd.name());
-  return at >= 0 ? all.slice(at + 1) : [];
 }
 
 /**
@@ -101,8 +94,9 @@ export async function benchMain(argv: string[]): Promise<number> {
     .showHelpAfterError('(tpkit bench <kind> --help lists the options)')
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
 
-  collectivesCmd(program, async (o, args) => {
-    code = await collectivesCommand(o, args);
+  // Re-launched ranks get the same command line (argv), so they parse the same options.
+  collectivesCmd(program, async (o) => {
+    code = await collectivesCommand(o, argv);
   });
 
   program
@@ -155,7 +149,7 @@ export async function benchMain(argv: string[]): Promise<number> {
     .addOption(new Option('--device <device>', 'where tensors live (default: cuda for nccl, else cpu)').choices(['cpu', 'cuda']))
     .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema layers)'))
     .addOption(new Option('--timeout-ms <ms>', 'timeout of the rendezvous and of every collective').argParser(intParser(1)))
-    .action(async (flags: Record<string, unknown>, cmd: Command) => {
+    .action(async (flags: Record<string, unknown>) => {
       const backend = flags.backend as 'gloo' | 'nccl';
       const o: LayersOptions = {
         tp: flags.tp as number[],
@@ -170,7 +164,7 @@ export async function benchMain(argv: string[]): Promise<number> {
         ...(flags.json ? { json: flags.json as string } : {}),
         ...(flags.timeoutMs ? { timeoutMs: flags.timeoutMs as number } : {}),
       };
-      code = await layersCommand(o, ['layers', ...rawArgsOf(cmd)]);
+      code = await layersCommand(o, argv);
     });
 
   program
@@ -198,7 +192,7 @@ export async function benchMain(argv: string[]): Promise<number> {
   program
     .command('schema')
     .description('print the JSON Schema of a result kind')
-    .addArgument(new (require('commander') as typeof import('commander')).Argument('<kind>', 'result kind').choices(Object.keys(SCHEMAS)))
+    .addArgument(new Argument('<kind>', 'result kind').choices(Object.keys(SCHEMAS)))
     .action((kind: keyof typeof SCHEMAS) => {
       process.stdout.write(`${JSON.stringify(SCHEMAS[kind], null, 2)}\n`);
     });

@@ -598,18 +598,18 @@ export class ProcessGroup {
     const deadline = Date.now() + DEAD_LOOKUP_MS;
     try {
       for (;;) {
-        const dead: number[] = [];
-        for (const r of this.ranks) {
-          if (r !== this.#rt.globalRank && (await store.check([`${DEAD_RANK_PREFIX}${r}`]))) dead.push(r);
-        }
-        if (dead.length) return dead;
+        // The first failure wins: a rank that already diagnosed it published it.
         const rec = await this.#readAbort();
         if (rec) {
           const lost = (rec.details as { lostRanks?: unknown }).lostRanks;
           if (rec.code !== 'PEER_LOST') return this.#propagatedError(rec);
           if (Array.isArray(lost) && lost.length) return lost as number[];
         }
-        if (Date.now() > deadline) return dead;
+        const dead: number[] = [];
+        for (const r of this.ranks) {
+          if (r !== this.#rt.globalRank && (await store.check([`${DEAD_RANK_PREFIX}${r}`]))) dead.push(r);
+        }
+        if (dead.length || Date.now() > deadline) return dead;
         await sleep(50);
       }
     } catch {

@@ -6,7 +6,8 @@
  * 2. runs the scenario named by the first script argument with a {@link RankContext},
  * 3. prints `@@tpkit:result <json>` with what it resolved to, or `@@tpkit:error <json>` ({@link ErrorInfo})
  *    and exits 1 when it threw,
- * 4. then lets the process end by itself (an exit hang is a bug the test's time bound reports).
+ * 4. prints `@@tpkit:done <Date.now()>`, then lets the process end by itself, printing
+ *    `@@tpkit:exit {"at", "code"}` on exit (so a test can bound the time from done to exit: an exit hang is a bug).
  *
  * Values are JSON-encoded; typed arrays become plain arrays.
  *
@@ -127,6 +128,7 @@ export function serveScenarios(scenarios: Record<string, Scenario>): void {
   // A process that ends while the scenario still awaits something had nothing keeping its event loop alive
   // (an unref'd handle under a pending promise): report it instead of exiting 0 without a result.
   process.on('exit', (code) => {
+    print(`@@tpkit:exit ${JSON.stringify({ at: Date.now(), code })}`);
     if (settled) return;
     print(`@@tpkit:error ${JSON.stringify(errorInfo(new Error(`process exited (code ${code}) while scenario ${name} was still pending: the event loop emptied under a pending promise`)))}`);
     process.exitCode = 99;
@@ -135,10 +137,12 @@ export function serveScenarios(scenarios: Record<string, Scenario>): void {
     (value) => {
       settled = true;
       print(`@@tpkit:result ${JSON.stringify(value ?? null, replacer)}`);
+      print(`@@tpkit:done ${Date.now()}`);
     },
     (e: unknown) => {
       settled = true;
       print(`@@tpkit:error ${JSON.stringify(errorInfo(e))}`);
+      print(`@@tpkit:done ${Date.now()}`);
       if (e instanceof Error && e.stack) process.stderr.write(`${e.stack}\n`);
       process.exitCode = 1;
     },

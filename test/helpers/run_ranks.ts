@@ -28,7 +28,13 @@ import type { ErrorInfo } from './rank_harness';
 export type { ErrorInfo, Settled } from './rank_harness';
 
 /** Marker prefixes shared with rank_harness.ts. */
-export const MARK = { pid: '@@tpkit:pid ', result: '@@tpkit:result ', error: '@@tpkit:error ' } as const;
+export const MARK = {
+  pid: '@@tpkit:pid ',
+  result: '@@tpkit:result ',
+  error: '@@tpkit:error ',
+  done: '@@tpkit:done ',
+  exit: '@@tpkit:exit ',
+} as const;
 
 /** Options of {@link runRanks}. */
 export interface RunRanksOptions {
@@ -57,6 +63,10 @@ export interface RankOutput<T> {
   error?: ErrorInfo;
   /** Process id (from the harness's first line). */
   pid?: number;
+  /** Date.now() when the scenario settled. */
+  doneAt?: number;
+  /** Date.now() in the rank's 'exit' event, and its exit code then (absent when it was killed). */
+  exit?: { at: number; code: number };
   /** Every other stdout line of the rank, without the `[rankK]: ` prefix. */
   lines: string[];
   /** stderr lines of the rank. */
@@ -133,6 +143,8 @@ export async function runRanks<T = unknown>(
     if (text.startsWith(MARK.pid)) r.pid = Number(text.slice(MARK.pid.length));
     else if (text.startsWith(MARK.result)) r.result = JSON.parse(text.slice(MARK.result.length)) as T;
     else if (text.startsWith(MARK.error)) r.error = JSON.parse(text.slice(MARK.error.length)) as ErrorInfo;
+    else if (text.startsWith(MARK.done)) r.doneAt = Number(text.slice(MARK.done.length));
+    else if (text.startsWith(MARK.exit)) r.exit = JSON.parse(text.slice(MARK.exit.length)) as { at: number; code: number };
     else r.lines.push(text);
   };
   const stdout = new LineSink(onOut);

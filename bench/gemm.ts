@@ -1,0 +1,205 @@
+/**
+ * `tpkit bench gemm`: time and TFLOP/s (2·M·N·K / t) of tpkit's `matmul` on square sizes and on the GEMMs
+ * of real layers (bench/shapes.ts) at several token counts, optionally next to raw OpenBLAS sgemm and
+ * torch.matmul on the same shapes (run after tpkit's, one at a time: the machine's cores are shared).
+ *
+ * Inputs are small integers (|v| ≤ 3) so every product and partial sum is exact in float32; 16 sampled
+ * output elements are checked exactly (`#wrong`). Layer GEMMs use linear's layout, x[M,K]·W[N,K]ᵀ
+ * (`matmul(x, w, { transB: true })`).
+ *
+ * @module
+ */
+import { loadCore } from '../lib/native';
+import { matmul } from '../lib/ops';
+import { Tensor, type DType } from '../lib/tensor';
+import type { PeerName } from './collectives_bench';
+import { formatTable, formatTime, type Column } from './format';
+import { timeOp } from './harness';
+import { machineMeta, metaLine } from './meta';
+import { runSgemmPeer, shapeKey, type GemmShape, type PeerRun } from './peers/native';
+import { runTorchMatmulPeer } from './peers/torch';
+import { createProgress } from './progress';
+import { peerStatusLines, writeFile } from './report';
+import type { GemmResult, GemmRow, PeerStatus } from './schema';
+import { layerGemms, type ModelName } from './shapes';
+
+export { MODEL_NAMES } from './shapes';
+
+/** Options of `tpkit bench gemm`. */
+export interface GemmOptions {
+  minSize: number;
+  /** 0: no square sizes. */
+  maxSize: number;
+  models: ModelName[];
+  tokens: number[];
+  tp: number;
+  maxGflop?: number;
+  iters: number;
+  warmup: number;
+  dtype: DType;
+  device: 'cpu' | 'cuda';
+  threads?: number;
+  peers: PeerName[];
+  json?: string;
+}
+
+/** Element (i, k) of A — must match ValueA in bench/native/sgemm_bench.cc and torch_peer.py. */
+export function gemmValueA(i: number, k: number): number {
+  return ((i * 3 + k * 5) % 7) - 3;
+}
+
+/** Element (k, j) of B (op(B) when transposed) — must match ValueB. */
+export function gemmValueB(k: number, j: number): number {
+  return ((k * 2 + j * 3) % 7) - 3;
+}
+
+/** One GEMM to run. */
+export interface GemmCase extends GemmShape {
+  name: string;
+  tokens: number | null;
+}
+
+/** The cases of a run: squares (doubling from minSize to maxSize), then each model's layers × tokens. */
+export function gemmCases(o: Pick<GemmOptions, 'minSize' | 'maxSize' | 'models' | 'tokens' | 'tp' | 'maxGflop'>): GemmCase[] {
+  const cases: GemmCase[] = [];
+  if (o.maxSize > 0) {
+    for (let s = o.minSize; s <= o.maxSize; s *= 2) cases.push({ name: 'square', tokens: null, m: s, n: s, k: s, transB: false });
+  }
+  for (const model of o.models) {
+    for (const l of layerGemms(model, o.tp)) {
+      for (const t of o.tokens) cases.push({ name: l.name, tokens: t, m: t, n: l.n, k: l.k, transB: true });
+    }
+  }
+  return o.maxGflop === undefined ? cases : cases.filter((c) => (2 * c.m * c.n * c.k) / 1e9 <= o.maxGflop!);
+}
+
+function operands(c: GemmCase, dtype: DType, device: 'cpu' | 'cuda'): [Tensor, Tensor] {
+  const a = new Float32Array(c.m * c.k);
+  for (let i = 0; i < c.m; i++) for (let k = 0; k < c.k; k++) a[i * c.k + k] = gemmValueA(i, k);
+  const b = new Float32Array(c.k * c.n);
+  if (c.transB) {
+    for (let j = 0; j < c.n; j++) for (let k = 0; k < c.k; k++) b[j * c.k + k] = gemmValueB(k, j);
+  } else {
+    for (let k = 0; k < c.k; k++) for (let j = 0; j < c.n; j++) b[k * c.n + j] = gemmValueB(k, j);
+  }
+  const opts = { dtype, device } as const;
+  return [Tensor.from(a, [c.m, c.k], opts), Tensor.from(b, c.transB ? [c.n, c.k] : [c.k, c.n], opts)];
+}
+
+/** Sampled elements of C that differ from the exact reference (the same 16 positions as the raw peer). */
+export function gemmWrong(c: GemmShape, out: Float32Array): number {
+  let wrong = 0;
+  for (let q = 0; q < 16; q++) {
+    const i = (q * 7919) % c.m;
+    const j = (q * 104729) % c.n;
+    let expect = 0;
+    for (let k = 0; k < c.k; k++) expect += gemmValueA(i, k) * gemmValueB(k, j);
+    if (out[i * c.n + j] !== expect) wrong++;
+  }
+  return wrong;
+}
+
+/** Times tpkit's matmul on one case. */
+export async function runGemmCase(c: GemmCase, o: Pick<GemmOptions, 'iters' | 'warmup' | 'dtype' | 'device'>): Promise<GemmRow> {
+  const [a, b] = operands(c, o.dtype, o.device);
+  try {
+    const op = () => matmul(a, b, { transB: c.transB });
+    const timeUs = await timeOp(op, { warmup: o.warmup, iters: o.iters, sync: o.device === 'cuda' ? 'batch' : 'each' }, { release: (t) => t.dispose() });
+    const out = await op();
+    const values = await out.toFloat32Array();
+    out.dispose();
+    return {
+      name: c.name,
+      tokens: c.tokens,
+      m: c.m,
+      n: c.n,
+      k: c.k,
+      transB: c.transB,
+      dtype: o.dtype,
+      timeUs,
+      tflops: (2 * c.m * c.n * c.k) / timeUs / 1e6,
+      wrong: gemmWrong(c, values),
+    };
+  } finally {
+    a.dispose();
+    b.dispose();
+  }
+}
+
+function gemmTable(rows: readonly GemmRow[], peers: readonly string[]): string[] {
+  const cols: Column<GemmRow>[] = [
+    { header: 'name', cell: (r) => r.name },
+    { header: 'tokens', cell: (r) => (r.tokens === null ? '-' : String(r.tokens)) },
+    { header: 'M', cell: (r) => String(r.m) },
+    { header: 'N', cell: (r) => String(r.n) },
+    { header: 'K', cell: (r) => String(r.k) },
+    { header: 'type', cell: (r) => r.dtype },
+    { header: 'time', unit: '(us)', cell: (r) => formatTime(r.timeUs) },
+    { header: 'TFLOP/s', cell: (r) => r.tflops.toFixed(4) },
+    { header: '#wrong', cell: (r) => String(r.wrong) },
+  ];
+  for (const p of peers) {
+    cols.push(
+      { header: p, unit: '(us)', cell: (r) => (r.peers?.[p] ? formatTime(r.peers[p]!.timeUs) : '-') },
+      { header: `${p} TFLOP/s`, cell: (r) => (r.peers?.[p] ? r.peers[p]!.rate.toFixed(4) : '-') },
+      { header: `tpkit/${p}`, cell: (r) => (r.peers?.[p] ? (r.tflops / r.peers[p]!.rate).toFixed(3) : '-') },
+    );
+  }
+  return formatTable(cols, rows);
+}
+
+/**
+ * The command (one process; no launcher).
+ *
+ * @returns 0; 1 when a sampled element was wrong
+ */
+export async function gemmCommand(o: GemmOptions): Promise<number> {
+  const core = loadCore();
+  if (o.threads) core.setBlasThreads(o.threads);
+  const threads = core.getBlasThreads();
+  const cases = gemmCases(o);
+  const meta = machineMeta();
+  process.stdout.write(`# tpkit bench gemm: ${cases.length} GEMMs, ${o.dtype} on ${o.device}, OpenBLAS threads ${threads}, warmup ${o.warmup}, iters ${o.iters}, tp ${o.tp}\n${metaLine(meta)}\n#\n`);
+  const rows: GemmRow[] = [];
+  const progress = createProgress(true);
+  progress.start(cases.length, cases[0] ? shapeKey(cases[0]) : '');
+  try {
+    for (const [i, c] of cases.entries()) {
+      rows.push(await runGemmCase(c, o));
+      progress.update(i + 1, cases[i + 1] ? `${cases[i + 1]!.name} ${shapeKey(cases[i + 1]!)}` : 'done');
+    }
+  } finally {
+    progress.stop();
+  }
+  const status: Record<string, PeerStatus> = {};
+  for (const p of o.peers) {
+    const shapes = cases.map(({ m, n, k, transB }) => ({ m, n, k, transB }));
+    let run: PeerRun<string>;
+    if (o.dtype !== 'float32' || o.device !== 'cpu') {
+      run = { status: { status: 'skipped', reason: 'the GEMM peers run float32 on the cpu only' }, cells: new Map() };
+    } else if (p === 'native') {
+      run = await runSgemmPeer({ shapes, iters: o.iters, warmup: o.warmup, threads });
+    } else {
+      run = await runTorchMatmulPeer({ shapes, iters: o.iters, warmup: o.warmup, threads });
+    }
+    status[p] = run.status;
+    rows.forEach((r) => {
+      const cell = run.cells.get(shapeKey(r));
+      if (cell) (r.peers ??= {})[p] = cell;
+    });
+  }
+  const okPeers = Object.entries(status).filter(([, s]) => s.status === 'ok').map(([n]) => n);
+  gemmTable(rows, okPeers).forEach((l) => process.stdout.write(`${l}\n`));
+  if (o.peers.length) peerStatusLines(status).forEach((l) => process.stdout.write(`${l}\n`));
+  const result: GemmResult = {
+    schema: 'tpkit.bench.gemm/1',
+    meta: { ...meta, device: o.device, iters: o.iters, warmup: o.warmup, blasThreads: threads, tp: o.tp },
+    rows,
+    ...(o.peers.length ? { peers: status } : {}),
+  };
+  if (o.json) {
+    writeFile(o.json, `${JSON.stringify(result, null, 2)}\n`);
+    process.stdout.write(`# wrote ${o.json}\n`);
+  }
+  return rows.some((r) => r.wrong > 0) ? 1 : 0;
+}
