@@ -176,24 +176,22 @@ export class Tensor {
 
   /** A tensor of zeros. @throws TypeError / RangeError for a bad shape, dtype or device */
   static zeros(shape: readonly number[], opts?: TensorOptions): Tensor {
-    const s = checkShape(shape);
-    const o = options<TensorOptions>(opts, 'options');
-    const dtype = parseDType(o.dtype);
-    const device = parseDevice(o.device);
-    const n = product(s);
-    if (n > MAX_NUMEL) throw rangeError(`at most ${MAX_NUMEL} elements`, 'shape', shape);
-    return Tensor._wrap(opsFor(device).zeros(n, dtype, device), s);
+    return Tensor.#allocate(shape, opts, 'zeros');
   }
 
   /** An uninitialised tensor (zeros on the host). @throws TypeError / RangeError for a bad shape, dtype or device */
   static empty(shape: readonly number[], opts?: TensorOptions): Tensor {
+    return Tensor.#allocate(shape, opts, 'empty');
+  }
+
+  static #allocate(shape: readonly number[], opts: TensorOptions | undefined, how: 'zeros' | 'empty'): Tensor {
     const s = checkShape(shape);
     const o = options<TensorOptions>(opts, 'options');
     const dtype = parseDType(o.dtype);
     const device = parseDevice(o.device);
     const n = product(s);
     if (n > MAX_NUMEL) throw rangeError(`at most ${MAX_NUMEL} elements`, 'shape', shape);
-    return Tensor._wrap(opsFor(device).empty(n, dtype, device), s);
+    return Tensor._wrap(opsFor(device)[how](n, dtype, device), s);
   }
 
   /** `[0, 1, …, n-1]` reshaped to `shape` and multiplied by `scale` (test inputs each rank can predict). */

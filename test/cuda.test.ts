@@ -23,6 +23,7 @@ import { packageRoot } from '../lib/native';
 import { type CudaAddon, cudaAddonPath, cudaStatus, loadCuda } from '../lib/native/cuda';
 import { add, cat, linear, matmul, rmsNorm, siluAndMul } from '../lib/ops';
 import { DTYPES, Tensor } from '../lib/tensor';
+import { rand } from './helpers/reference';
 
 const status = cudaStatus();
 const hasGpu = status.cuda;
@@ -47,14 +48,6 @@ const TIMEOUT_MS = 30_000;
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
 
-/** Deterministic values in [-1, 1) (LCG), so that failures reproduce. */
-function rand(n: number, seed: number): Float32Array {
-  const out = new Float32Array(n);
-  let s = (seed * 2654435761) >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    out[i] = s / 2 ** 31 - 1;
-  }
   return out;
 }
 
