@@ -48,9 +48,6 @@ const TIMEOUT_MS = 30_000;
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
 
-  return out;
-}
-
 /** C[M,N] = op(A)·op(B) in float64, A/B row-major as stored. */
 function refMatmul(a: Float32Array, b: Float32Array, M: number, N: number, K: number, transA: boolean, transB: boolean): Float64Array {
   const c = new Float64Array(M * N);
