@@ -282,6 +282,9 @@ export class Tensor {
     if (!Array.isArray(shape)) throw typeError('array of integers', 'shape', shape);
     const s = shape.slice();
     const inferred = s.indexOf(-1);
+    if (s.lastIndexOf(-1) !== inferred) {
+      throw new RangeError(`cannot reshape tensor of shape ${formatShape(this.shape)} to ${formatShape(shape)}: only one dimension can be -1`);
+    }
     if (inferred >= 0) {
       const known = product(s.filter((_, i) => i !== inferred));
       if (known === 0 || this.numel % known !== 0) {

@@ -75,6 +75,26 @@ function glooHostname(e: DistEnv, env: NodeJS.ProcessEnv): string {
 }
 
 /**
+ * The rendezvous timed out: names the ranks that never published their address (Gloo's rendezvous key of rank r
+ * is `r`, under the group's `rdzv/` prefix; see prefixedStore).
+ */
+async function joinTimeout(err: TpkitError, store: TCPStore, name: string, e: DistEnv, timeoutMs: number): Promise<TpkitError> {
+  let missing: number[] | null = [];
+  try {
+    for (let r = 0; r < e.worldSize; r++) if (!(await store.check([`${name}/rdzv/${r}`]))) missing.push(r);
+  } catch {
+    missing = null;
+  }
+  const who =
+    missing === null ? 'the other ranks to join' : missing.length === 0 ? 'its connections to the other ranks' : `rank${missing.length === 1 ? '' : 's'} [${missing.join(', ')}] to join`;
+  return new TpkitError(
+    'TIMEOUT',
+    `initDistributed: rank ${e.rank} of ${e.worldSize} waited ${timeoutMs} ms for ${who}: ${err.message}`,
+    { backend: err.backend, details: { rank: e.rank, worldSize: e.worldSize, timeoutMs, missingRanks: missing }, cause: err },
+  );
+}
+
+/**
  * Joins the job described by the environment (torchrun / `tpkit launch`, Slurm or Open MPI variables) and
  * returns the world group. Every rank must call it. Also sets OpenBLAS's thread count to cores / local ranks
  * (measured 10–15 % faster than oversubscribing; NATIVE-NOTES.md).
@@ -141,6 +161,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     await world.ready;
   } catch (err) {
     world.destroy();
+    if (err instanceof TpkitError && err.code === 'TIMEOUT') throw await joinTimeout(err, store, name, e, timeoutMs);
     throw err;
   }
   const destroy = world.destroy.bind(world);

@@ -349,7 +349,8 @@ export class ProcessGroup {
     const err = new TpkitError('GROUP_DESTROYED', `process group ${this.name} was destroyed`);
     for (const w of this.#abortWaiters) w(err);
     this.#abortWaiters.clear();
-    this.#comm?.close();
+    if (this.#broken) this.#abortCommunicator();
+    else this.#comm?.close();
     this.#ready.then(() => this.#comm?.close(), () => {});
   }
 

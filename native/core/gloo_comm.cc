@@ -31,6 +31,8 @@ namespace {
 
 using ms = std::chrono::milliseconds;
 constexpr int64_t kMaxCount = int64_t{1} << 40;
+// Tag of the barrier that ends a rendezvous; collectives use tags 2·seq and 2·seq + 1 for seq < 2^31 - 1.
+constexpr uint32_t kConnectBarrierTag = 0xFFFFFFFFu;
 
 enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
 const char* OpName(int64_t op) {
@@ -142,7 +144,10 @@ struct GlooState {
   std::atomic<bool> stopping{false};
   std::atomic<bool> broken{false};
   std::atomic<bool> connected{false};
-  std::atomic<bool> abortRequested{false};  // abort(): close every connection once the thread is done
+  std::atomic<bool> abortRequested{false};  // abort(): hard-close every connection (see CloseConnections)
+  bool running = false;                      // guarded by mu: a job is executing on the thread
+  bool loopDone = false;                     // guarded by mu: the thread has left its loop
+  bool connectionsClosed = false;            // guarded by mu
   std::thread thread;
   CompletionTsfn tsfn;
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
@@ -168,6 +173,7 @@ struct GlooState {
           job->code = "GROUP_DESTROYED";
           job->message = "the process group was destroyed before this operation ran";
         }
+        running = job->code.empty();
       }
       if (job->code.empty()) {
         try {
@@ -195,19 +201,34 @@ struct GlooState {
           broken = true;
         }
       }
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        running = false;
+      }
       Complete(job);
     }
-    if (abortRequested && connected) {
-      // Hard-close every pair: peers blocked on this rank fail at once (their pairs see the connection
-      // close) instead of waiting for their timeout. Done here, after the running job ended, because a
-      // pair closed locally does not wake a local waiter (Gloo only signals waiters on a peer's close).
-      try {
-        ctx->closeConnections();
-      } catch (...) {
-      }
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      loopDone = true;
     }
+    if (abortRequested) CloseConnections();
     std::lock_guard<std::mutex> lock(mu);
     if (tsfnAlive) tsfn.Release();
+  }
+
+  // Hard-closes every pair once: peers blocked on this rank fail at once (their pairs see the connection close)
+  // instead of waiting for their timeout. Not while a job of this rank runs: a pair closed locally does not wake
+  // a local waiter (Gloo only signals waiters when the PEER closes), so that job would then wait for its timeout.
+  void CloseConnections() {
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (connectionsClosed || !connected) return;
+      connectionsClosed = true;
+    }
+    try {
+      ctx->closeConnections();
+    } catch (...) {
+    }
   }
 
   void RequireConnected() const {
@@ -375,6 +396,15 @@ Napi::Value GlooComm::Connect(const Napi::CallbackInfo& info) {
           ctx->setTimeout(s->timeout);
           JsStore store(*storeTsfn, s->timeout);
           ctx->connectFullMesh(store, s->device);
+          // A rank's connectFullMesh may return as soon as its own pairs are connected, while a peer is still
+          // finishing its side; a fast rank that then ends (exits, or destroys the group) closes connections
+          // the slow one is still setting up, and the slow one's rendezvous fails with "Connection closed by
+          // peer" (seen with several groups connecting at once). Like torch's new_group, no rank leaves the
+          // rendezvous before every rank has connected.
+          gloo::BarrierOptions barrier(ctx);
+          barrier.setTag(kConnectBarrierTag);
+          barrier.setTimeout(s->timeout);
+          gloo::barrier(barrier);
           s->ctx = ctx;
           s->connected = true;
         } catch (const CodedError&) {
@@ -627,21 +657,34 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
 Napi::Value GlooComm::Send(const Napi::CallbackInfo& info) { return RunP2P(info, state_, true); }
 Napi::Value GlooComm::Recv(const Napi::CallbackInfo& info) { return RunP2P(info, state_, false); }
 
+// close(): queued operations reject with GROUP_DESTROYED. An operation still running keeps its thread until it
+// ends, but no longer holds the event loop open: the process may exit without waiting for its timeout.
 Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
+  GlooState& s = *state_;
   {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    state_->stopping = true;
+    std::lock_guard<std::mutex> lock(s.mu);
+    // Unref before `stopping` is set: until then the thread cannot release the function (see PendingGuard).
+    if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
+    s.stopping = true;
   }
-  state_->cv.notify_all();
+  s.cv.notify_all();
   return info.Env().Undefined();
 }
 
-// abort(): close() for a broken group — queued operations reject with GROUP_DESTROYED, and once the running
-// one (if any) has ended, every connection is hard-closed so that peers still blocked on this rank fail at once.
-// Not for a healthy group: a hard close can discard data a peer has not read yet.
+// abort(): close() for a broken group, plus a hard close of every connection — at once when no operation of this
+// rank runs, else when it ends — so that peers still blocked on this rank fail at once and abort in turn. Not for
+// a healthy group: a hard close can discard data a peer has not read yet.
 Napi::Value GlooComm::Abort(const Napi::CallbackInfo& info) {
-  state_->abortRequested = true;
-  return Close(info);
+  GlooState& s = *state_;
+  s.abortRequested = true;
+  Close(info);
+  bool idle;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    idle = s.loopDone || (!s.running && s.queue.empty());
+  }
+  if (idle) s.CloseConnections();
+  return info.Env().Undefined();
 }
 
 Napi::Value GlooComm::IsBroken(const Napi::CallbackInfo& info) {

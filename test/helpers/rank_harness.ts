@@ -125,12 +125,12 @@ export function serveScenarios(scenarios: Record<string, Scenario>): void {
     return;
   }
   let settled = false;
-  // A process that ends while the scenario still awaits something had nothing keeping its event loop alive
-  // (an unref'd handle under a pending promise): report it instead of exiting 0 without a result.
+  // A process that ends while the scenario still awaits something (typically nothing kept its event loop alive:
+  // an unref'd handle under a pending promise) is reported, instead of exiting 0 without a result.
   process.on('exit', (code) => {
     print(`@@tpkit:exit ${JSON.stringify({ at: Date.now(), code })}`);
     if (settled) return;
-    print(`@@tpkit:error ${JSON.stringify(errorInfo(new Error(`process exited (code ${code}) while scenario ${name} was still pending: the event loop emptied under a pending promise`)))}`);
+    print(`@@tpkit:error ${JSON.stringify(errorInfo(new Error(`process exited (code ${code}) while scenario ${name} was still pending (process.exit() was called, or the event loop emptied under a pending promise)`)))}`);
     process.exitCode = 99;
   });
   scenario(ctx).then(

@@ -97,7 +97,7 @@ class LineSink extends Writable {
   text = '';
   #partial = '';
   constructor(private readonly onLine: (rank: number, text: string) => void) {
-    super();
+    super({ highWaterMark: 1 << 24 });
   }
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     const s = chunk.toString('utf8');
