@@ -3,10 +3,11 @@
 // `N passed, N failed, N skipped` that CI reads. Exit code is ava's.
 import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
+import path from 'node:path';
 import readline from 'node:readline';
 
 const require = createRequire(import.meta.url);
-const avaCli = require.resolve('ava/entrypoints/cli.mjs');
+const avaCli = path.join(path.dirname(require.resolve('ava')), 'cli.mjs');
 const child = spawn(process.execPath, [avaCli, '--tap', ...process.argv.slice(2)], { stdio: ['ignore', 'pipe', 'inherit'] });
 let passed = 0, failed = 0, skipped = 0, todo = 0;
 const rl = readline.createInterface({ input: child.stdout });
