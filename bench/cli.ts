@@ -46,6 +46,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise
     .addOption(new Option('--device <device>', 'where tensors live (default: cuda for nccl, else cpu)').choices(['cpu', 'cuda']))
     .addOption(new Option('--sync <mode>', 'each: await every op; batch: enqueue all iterations, await once (default: batch on cuda, else each)').choices(['each', 'batch']))
     .addOption(new Option('--nproc <n>', 'ranks to launch when not already under a launcher').argParser(intParser(1)).default(2))
+    .addOption(new Option('--repeat <k>', 'run the sweep (then the peers) k times and report per-size medians (self-launch only)').argParser(intParser(1)).default(1))
     .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema collectives)'))
     .addOption(new Option('--plot <file>', 'write busbw vs size as SVG'))
     .addOption(new Option('--peers <list>', 'compare with native (raw C++ Gloo), torch (PyTorch gloo), all, or none').argParser(listOf(PEERS)).default([], 'none'))
@@ -69,6 +70,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise
         device,
         sync: (flags.sync as SyncMode | undefined) ?? (device === 'cuda' ? 'batch' : 'each'),
         nproc: flags.nproc as number,
+        repeat: flags.repeat as number,
         peers: flags.peers as PeerName[],
         model: flags.model as boolean,
         ...(flags.json ? { json: flags.json as string } : {}),
@@ -114,6 +116,7 @@ export async function benchMain(argv: string[]): Promise<number> {
     .addOption(new Option('--device <device>', 'cpu or cuda').choices(['cpu', 'cuda']).default('cpu'))
     .addOption(new Option('--threads <n>', 'OpenBLAS threads (default: OpenBLAS\'s own, usually the core count)').argParser(intParser(1)))
     .addOption(new Option('--peers <list>', 'compare with native (raw OpenBLAS), torch (torch.matmul), all, or none').argParser(listOf(PEERS)).default([], 'none'))
+    .addOption(new Option('--repeat <k>', 'time each GEMM (then its peers) k times and report medians').argParser(intParser(1)).default(1))
     .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema gemm)'))
     .action(async (flags: Record<string, unknown>) => {
       const o: GemmOptions = {
@@ -127,6 +130,7 @@ export async function benchMain(argv: string[]): Promise<number> {
         dtype: flags.dtype as DType,
         device: flags.device as 'cpu' | 'cuda',
         peers: flags.peers as PeerName[],
+        repeat: flags.repeat as number,
         ...(flags.maxGflop ? { maxGflop: flags.maxGflop as number } : {}),
         ...(flags.threads ? { threads: flags.threads as number } : {}),
         ...(flags.json ? { json: flags.json as string } : {}),

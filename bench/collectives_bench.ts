@@ -14,7 +14,7 @@ import type { DType } from '../lib/tensor';
 import { COLLECTIVES, type CollectiveName } from './collectives';
 import type { BenchRedop } from './data';
 import { collectiveHeader, collectiveLine } from './format';
-import { averageBusBw, formatSize, runCollectiveSweep, sizeSweep, type CollRow, type SyncMode } from './harness';
+import { averageBusBw, formatSize, median, runCollectiveSweep, sizeSweep, type CollRow, type SyncMode } from './harness';
 import { machineMeta, metaLine } from './meta';
 import { fitRingModel } from './model';
 import { runGlooPeer } from './peers/native';
@@ -23,7 +23,7 @@ import { renderCollectivesPlot } from './plot';
 import { createProgress } from './progress';
 import { handResultToParent, relaunch, RESULT_ENV } from './relaunch';
 import { collectivePeerTable, modelLines, peerStatusLines, writeFile } from './report';
-import type { CollectivesResult, PeerStatus } from './schema';
+import type { CollectivesResult, PeerCell, PeerStatus } from './schema';
 
 /** The peers a run can be compared with. */
 export type PeerName = 'native' | 'torch';
@@ -44,6 +44,8 @@ export interface CollectivesOptions {
   device: 'cpu' | 'cuda';
   sync: SyncMode;
   nproc: number;
+  /** Self-launch mode: run the sweep (and the peers after it) this many times and report medians. */
+  repeat: number;
   json?: string;
   plot?: string;
   peers: PeerName[];
@@ -114,6 +116,7 @@ export async function runCollectivesRank(o: CollectivesOptions, env: NodeJS.Proc
         maxBytes: o.maxBytes,
         stepFactor: o.stepFactor,
         blasThreads: loadCore().getBlasThreads(),
+        repeat: 1,
       },
       rows,
       avgBusBw,
@@ -149,15 +152,61 @@ export async function addPeers(r: CollectivesResult, peers: readonly PeerName[],
   r.peers = status;
 }
 
-/** The reporter's part: peers, model, files, and the extra sections on stdout. */
-export async function reportCollectives(r: CollectivesResult, o: CollectivesOptions, env: NodeJS.ProcessEnv = process.env): Promise<void> {
-  await addPeers(r, o.peers, env);
+
+/**
+ * Folds repeated runs into one result: per size and form the median time (bandwidths recomputed from it),
+ * #wrong summed; peers likewise. Meta is the first run's, with `repeat`.
+ */
+export function medianOfRuns(runs: readonly CollectivesResult[]): CollectivesResult {
+  const first = runs[0]!;
+  const rows = first.rows.map((row, i) => {
+    const same = runs.map((r) => r.rows[i]!);
+    const form = (k: 'outOfPlace' | 'inPlace') => {
+      const f = row[k];
+      if (!f) return null;
+      const timeUs = median(same.map((x) => x[k]!.timeUs));
+      const p50Us = f.p50Us === null ? null : median(same.map((x) => x[k]!.p50Us ?? 0));
+      const algbw = row.size / timeUs / 1e3;
+      const wrong = f.wrong === null ? null : same.reduce((acc, x) => acc + (x[k]!.wrong ?? 0), 0);
+      return { timeUs, p50Us, algbw, busbw: algbw * (f.algbw > 0 ? f.busbw / f.algbw : 0), wrong };
+    };
+    const out: CollectivesResult['rows'][number] = { ...row, outOfPlace: form('outOfPlace'), inPlace: form('inPlace') };
+    delete out.peers;
+    for (const name of Object.keys(row.peers ?? {})) {
+      const cells = same.map((x) => x.peers?.[name]).filter((c) => c !== undefined);
+      if (cells.length === 0) continue;
+      const t = median(cells.map((c) => c.timeUs));
+      const c0 = cells[0]!;
+      const cell: PeerCell = { timeUs: t, rate: (c0.rate * c0.timeUs) / t, wrong: cells.reduce((acc, c) => acc + c.wrong, 0) };
+      if (cells.every((c) => c.p50Us !== undefined)) cell.p50Us = median(cells.map((c) => c.p50Us!));
+      (out.peers ??= {})[name] = cell;
+    }
+    return out;
+  });
+  return { ...first, meta: { ...first.meta, repeat: runs.length }, rows, avgBusBw: averageBusBw(rows) };
+}
+
+/** The reporter's part after the sweep(s) and peers: tables, model, files. */
+export async function reportCollectives(r: CollectivesResult, o: CollectivesOptions): Promise<void> {
+  if (r.meta.repeat > 1) {
+    print(`# median of ${r.meta.repeat} runs (each run: the tpkit sweep, then the peers)`);
+    collectiveHeader().forEach(print);
+    r.rows.forEach((row) => print(collectiveLine(row)));
+    print(`# Out of bounds values : ${r.meta.check ? totalWrong(r) : 'N/A'} ${totalWrong(r) === 0 ? 'OK' : 'FAILED'}`);
+    print(`# Avg bus bandwidth    : ${r.avgBusBw.toFixed(4)}`);
+  }
   if (r.peers) {
     peerStatusLines(r.peers).forEach(print);
     collectivePeerTable(r).forEach(print);
   }
   if (o.model && r.meta.op === 'all_reduce' && r.meta.worldSize >= 2) {
-    const fit = fitRingModel(r.rows.filter((row) => row.inPlace).map((row) => ({ size: row.size, worldSize: r.meta.worldSize, timeUs: row.inPlace!.timeUs })));
+    // The typical operation (per-op median) when recorded: the scheduler stalls of a shared machine are not
+    // a property of the link.
+    const useP50 = r.rows.every((row) => !row.inPlace || row.inPlace.p50Us !== null);
+    const fit = fitRingModel(
+      r.rows.filter((row) => row.inPlace).map((row) => ({ size: row.size, worldSize: r.meta.worldSize, timeUs: useP50 ? row.inPlace!.p50Us! : row.inPlace!.timeUs })),
+      useP50 ? 'p50' : 'mean',
+    );
     if (fit) {
       r.model = fit;
       modelLines(fit).forEach(print);
@@ -186,13 +235,21 @@ export function totalWrong(r: CollectivesResult): number {
  */
 export async function collectivesCommand(o: CollectivesOptions, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   if (env.RANK === undefined) {
-    const launched = await relaunch<CollectivesResult>({ nproc: o.nproc, args: [...argv], progress: Boolean(process.stderr.isTTY), env });
-    if (launched.exitCode !== 0 || !launched.result) {
-      process.stderr.write(`tpkit bench collectives: ${launched.summary || 'rank 0 reported no result'}\n`);
-      return launched.exitCode || 1;
+    const runs: CollectivesResult[] = [];
+    for (let i = 0; i < o.repeat; i++) {
+      if (o.repeat > 1) print(`# run ${i + 1} of ${o.repeat}`);
+      const launched = await relaunch<CollectivesResult>({ nproc: o.nproc, args: [...argv], progress: Boolean(process.stderr.isTTY), env });
+      if (launched.exitCode !== 0 || !launched.result) {
+        process.stderr.write(`tpkit bench collectives: ${launched.summary || 'rank 0 reported no result'}\n`);
+        return launched.exitCode || 1;
+      }
+      // The peers run right after each tpkit sweep, so both see the same machine load.
+      await addPeers(launched.result, o.peers, env);
+      runs.push(launched.result);
     }
-    await reportCollectives(launched.result, o, env);
-    return totalWrong(launched.result) > 0 ? 1 : 0;
+    const r = runs.length > 1 ? medianOfRuns(runs) : runs[0]!;
+    await reportCollectives(r, o);
+    return totalWrong(r) > 0 ? 1 : 0;
   }
   const r = await runCollectivesRank(o, env);
   if (!r) return 0;
@@ -201,7 +258,8 @@ export async function collectivesCommand(o: CollectivesOptions, argv: readonly s
     return 0; // the parent reports, and fails the run when an element was wrong
   } else {
     if (o.peers.length > 0) process.stdout.write('# peers run on this node only (rank 0\'s), after the tpkit sweep\n');
-    await reportCollectives(r, o, env);
+    await addPeers(r, o.peers, env);
+    await reportCollectives(r, o);
   }
   return totalWrong(r) > 0 ? 1 : 0;
 }

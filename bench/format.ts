@@ -58,7 +58,7 @@ export function formatTable<T>(columns: readonly Column<T>[], rows: readonly T[]
     Math.max(c.width ?? 0, c.header.length, (c.unit ?? '').length, ...rows.map((r) => c.cell(r).length)),
   );
   const line = (vals: string[], lead: string): string => lead + vals.map((v, i) => pad(v, widths[i]!)).join('  ');
-  const out = [line(columns.map((c) => c.header), '#'), line(columns.map((c) => c.unit ?? ''), '#')];
-  for (const r of rows) out.push(line(columns.map((c) => c.cell(r)), ' '));
+  const out = [line(columns.map((c) => c.header), '# '), line(columns.map((c) => c.unit ?? ''), '# ')];
+  for (const r of rows) out.push(line(columns.map((c) => c.cell(r)), '  '));
   return out;
 }

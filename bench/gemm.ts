@@ -14,13 +14,13 @@ import { matmul } from '../lib/ops';
 import { Tensor, type DType } from '../lib/tensor';
 import type { PeerName } from './collectives_bench';
 import { formatTable, formatTime, type Column } from './format';
-import { timeOp } from './harness';
+import { median, timeOp } from './harness';
 import { machineMeta, metaLine } from './meta';
 import { runSgemmPeer, shapeKey, type GemmShape, type PeerRun } from './peers/native';
 import { runTorchMatmulPeer } from './peers/torch';
 import { createProgress } from './progress';
 import { peerStatusLines, writeFile } from './report';
-import type { GemmResult, GemmRow, PeerStatus } from './schema';
+import type { GemmResult, GemmRow, PeerCell, PeerStatus } from './schema';
 import { layerGemms, type ModelName } from './shapes';
 
 export { MODEL_NAMES } from './shapes';
@@ -40,6 +40,8 @@ export interface GemmOptions {
   device: 'cpu' | 'cuda';
   threads?: number;
   peers: PeerName[];
+  /** Time each GEMM (then its peers) this many times and report medians. */
+  repeat?: number;
   json?: string;
 }
 
@@ -99,15 +101,29 @@ export function gemmWrong(c: GemmShape, out: Float32Array): number {
   return wrong;
 }
 
-/** Times tpkit's matmul on one case. */
-export async function runGemmCase(c: GemmCase, o: Pick<GemmOptions, 'iters' | 'warmup' | 'dtype' | 'device'>): Promise<GemmRow> {
+/**
+ * Times tpkit's matmul on one case `repeat` times (operands built once); after each timing, `between()`
+ * runs (the peers, so that tpkit and the peers alternate under the same machine load).
+ *
+ * @returns the row with the median time, and #wrong of a final checked run
+ */
+export async function runGemmCase(
+  c: GemmCase,
+  o: Pick<GemmOptions, 'iters' | 'warmup' | 'dtype' | 'device'> & { repeat?: number },
+  between: () => Promise<void> = async () => {},
+): Promise<GemmRow> {
   const [a, b] = operands(c, o.dtype, o.device);
   try {
     const op = () => matmul(a, b, { transB: c.transB });
-    const timeUs = await timeOp(op, { warmup: o.warmup, iters: o.iters, sync: o.device === 'cuda' ? 'batch' : 'each' }, { release: (t) => t.dispose() });
+    const times: number[] = [];
+    for (let r = 0; r < (o.repeat ?? 1); r++) {
+      times.push(await timeOp(op, { warmup: o.warmup, iters: o.iters, sync: o.device === 'cuda' ? 'batch' : 'each' }, { release: (t) => t.dispose() }));
+      await between();
+    }
     const out = await op();
     const values = await out.toFloat32Array();
     out.dispose();
+    const timeUs = median(times);
     return {
       name: c.name,
       tokens: c.tokens,
@@ -159,41 +175,53 @@ export async function gemmCommand(o: GemmOptions): Promise<number> {
   const threads = core.getBlasThreads();
   const cases = gemmCases(o);
   const meta = machineMeta();
-  process.stdout.write(`# tpkit bench gemm: ${cases.length} GEMMs, ${o.dtype} on ${o.device}, OpenBLAS threads ${threads}, warmup ${o.warmup}, iters ${o.iters}, tp ${o.tp}\n${metaLine(meta)}\n#\n`);
+  const repeat = o.repeat ?? 1;
+  process.stdout.write(
+    `# tpkit bench gemm: ${cases.length} GEMMs, ${o.dtype} on ${o.device}, OpenBLAS threads ${threads}, warmup ${o.warmup}, iters ${o.iters}, tp ${o.tp}` +
+      `${repeat > 1 ? `, median of ${repeat} runs` : ''}${o.peers.length ? `, peers ${o.peers.join(', ')} after each tpkit run` : ''}\n${metaLine(meta)}\n#\n`,
+  );
+  const status: Record<string, PeerStatus> = {};
+  const peerOk = (p: PeerName): boolean => status[p]?.status !== 'skipped';
   const rows: GemmRow[] = [];
   const progress = createProgress(true);
   progress.start(cases.length, cases[0] ? shapeKey(cases[0]) : '');
   try {
     for (const [i, c] of cases.entries()) {
-      rows.push(await runGemmCase(c, o));
+      const shape: GemmShape = { m: c.m, n: c.n, k: c.k, transB: c.transB };
+      const cells: Record<string, PeerCell[]> = {};
+      const peersOnce = async (): Promise<void> => {
+        for (const p of o.peers) {
+          if (!peerOk(p)) continue;
+          let run: PeerRun<string>;
+          if (o.dtype !== 'float32' || o.device !== 'cpu') {
+            run = { status: { status: 'skipped', reason: 'the GEMM peers run float32 on the cpu only' }, cells: new Map() };
+          } else if (p === 'native') {
+            run = await runSgemmPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads });
+          } else {
+            run = await runTorchMatmulPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads });
+          }
+          if (!status[p] || run.status.status === 'skipped') status[p] = run.status;
+          const cell = run.cells.get(shapeKey(shape));
+          if (cell) (cells[p] ??= []).push(cell);
+        }
+      };
+      const row = await runGemmCase(c, { ...o, repeat }, peersOnce);
+      for (const [p, list] of Object.entries(cells)) {
+        const t = median(list.map((x) => x.timeUs));
+        (row.peers ??= {})[p] = { timeUs: t, rate: (2 * c.m * c.n * c.k) / t / 1e6, wrong: list.reduce((acc, x) => acc + x.wrong, 0) };
+      }
+      rows.push(row);
       progress.update(i + 1, cases[i + 1] ? `${cases[i + 1]!.name} ${shapeKey(cases[i + 1]!)}` : 'done');
     }
   } finally {
     progress.stop();
   }
-  const status: Record<string, PeerStatus> = {};
-  for (const p of o.peers) {
-    const shapes = cases.map(({ m, n, k, transB }) => ({ m, n, k, transB }));
-    let run: PeerRun<string>;
-    if (o.dtype !== 'float32' || o.device !== 'cpu') {
-      run = { status: { status: 'skipped', reason: 'the GEMM peers run float32 on the cpu only' }, cells: new Map() };
-    } else if (p === 'native') {
-      run = await runSgemmPeer({ shapes, iters: o.iters, warmup: o.warmup, threads });
-    } else {
-      run = await runTorchMatmulPeer({ shapes, iters: o.iters, warmup: o.warmup, threads });
-    }
-    status[p] = run.status;
-    rows.forEach((r) => {
-      const cell = run.cells.get(shapeKey(r));
-      if (cell) (r.peers ??= {})[p] = cell;
-    });
-  }
-  const okPeers = Object.entries(status).filter(([, s]) => s.status === 'ok').map(([n]) => n);
+  const okPeers = Object.entries(status).filter(([, st]) => st.status === 'ok').map(([n]) => n);
   gemmTable(rows, okPeers).forEach((l) => process.stdout.write(`${l}\n`));
   if (o.peers.length) peerStatusLines(status).forEach((l) => process.stdout.write(`${l}\n`));
   const result: GemmResult = {
     schema: 'tpkit.bench.gemm/1',
-    meta: { ...meta, device: o.device, iters: o.iters, warmup: o.warmup, blasThreads: threads, tp: o.tp },
+    meta: { ...meta, device: o.device, iters: o.iters, warmup: o.warmup, blasThreads: threads, tp: o.tp, repeat },
     rows,
     ...(o.peers.length ? { peers: status } : {}),
   };

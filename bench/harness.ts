@@ -79,17 +79,34 @@ export function elapsedUs(start: bigint): number {
   return Number(process.hrtime.bigint() - start) / 1e3;
 }
 
+/** What {@link timeOpStats} measured. */
+export interface OpTiming {
+  /** Elapsed time of the timed loop / iters, µs (nccl-tests' figure). */
+  meanUs: number;
+  /**
+   * Median of the per-operation times, µs — `each` only (null for `batch`, where operations overlap). On a
+   * shared machine the per-op times are often bimodal (a scheduler time slice lost now and then); the median
+   * is the typical operation, the mean includes the stalls.
+   */
+  p50Us: number | null;
+}
+
+/** The median of `values` (which it sorts). */
+export function median(values: number[]): number {
+  values.sort((a, b) => a - b);
+  const mid = values.length >> 1;
+  return values.length % 2 ? values[mid]! : (values[mid - 1]! + values[mid]!) / 2;
+}
+
 /**
  * Times `op`: `warmup` awaited runs, then `beforeTimed()` (e.g. a barrier), then `iters` runs under the
  * `sync` rule. `release` is called with each run's result once it is no longer needed (to dispose outputs).
- *
- * @returns microseconds per operation
  */
-export async function timeOp<T>(
+export async function timeOpStats<T>(
   op: () => Promise<T>,
   t: TimingOptions,
   hooks: { beforeTimed?: () => Promise<void>; release?: (result: T) => void } = {},
-): Promise<number> {
+): Promise<OpTiming> {
   const release = hooks.release ?? (() => {});
   for (let i = 0; i < t.warmup; i++) release(await op());
   if (hooks.beforeTimed) await hooks.beforeTimed();
@@ -98,12 +115,31 @@ export async function timeOp<T>(
     const pending: Promise<T>[] = [];
     for (let i = 0; i < t.iters; i++) pending.push(op());
     const results = await Promise.all(pending);
-    const us = elapsedUs(start) / t.iters;
+    const meanUs = elapsedUs(start) / t.iters;
     results.forEach(release);
-    return us;
+    return { meanUs, p50Us: null };
   }
-  for (let i = 0; i < t.iters; i++) release(await op());
-  return elapsedUs(start) / t.iters;
+  const each: number[] = new Array<number>(t.iters);
+  let last = start;
+  for (let i = 0; i < t.iters; i++) {
+    const result = await op();
+    const now = process.hrtime.bigint();
+    each[i] = Number(now - last) / 1e3;
+    release(result);
+    last = process.hrtime.bigint(); // release() is not part of the next operation
+  }
+  return { meanUs: each.reduce((a, b) => a + b, 0) / t.iters, p50Us: median(each) };
+}
+
+/**
+ * {@link timeOpStats}' mean: microseconds per operation.
+ */
+export async function timeOp<T>(
+  op: () => Promise<T>,
+  t: TimingOptions,
+  hooks: { beforeTimed?: () => Promise<void>; release?: (result: T) => void } = {},
+): Promise<number> {
+  return (await timeOpStats(op, t, hooks)).meanUs;
 }
 
 /** Options of one collective sweep. */
@@ -124,6 +160,8 @@ export interface CollectiveSweepOptions extends TimingOptions {
 export interface FormResult {
   /** Time per operation, µs, averaged over ranks. */
   timeUs: number;
+  /** Median per-operation time, µs, averaged over ranks; null in `batch` mode (see {@link OpTiming}). */
+  p50Us: number | null;
   /** Algorithm bandwidth S / t, GB/s (1 GB = 1e9 bytes). */
   algbw: number;
   /** Bus bandwidth algbw · factor, GB/s. */
@@ -176,7 +214,7 @@ async function runForm(
   c: CollCounts,
   p: CollParams,
   o: CollectiveSweepOptions,
-): Promise<{ us: number; wrong: number }> {
+): Promise<{ us: number; p50: number; wrong: number }> {
   const runner = plugin.run[form]!;
   const send = makeInput(p.rank, c.send, o);
   const recv = plugin.needsRecvBuffer ? Tensor.zeros([c.recv], { dtype: o.dtype, device: o.device }) : null;
@@ -184,8 +222,10 @@ async function runForm(
     if (out !== send && out !== recv) out.dispose();
   };
   try {
-    const us = await timeOp(() => runner(g, send, recv, p), o, { beforeTimed: () => g.barrier(), release });
-    if (!o.check) return { us, wrong: -1 };
+    const timing = await timeOpStats(() => runner(g, send, recv, p), o, { beforeTimed: () => g.barrier(), release });
+    const us = timing.meanUs;
+    const p50 = timing.p50Us ?? -1;
+    if (!o.check) return { us, p50, wrong: -1 };
     // The timed loop changed the buffers (in-place reductions accumulate): start again from fresh inputs.
     const fresh = makeInput(p.rank, c.send, o);
     const freshRecv = plugin.needsRecvBuffer ? Tensor.zeros([c.recv], { dtype: o.dtype, device: o.device }) : null;
@@ -193,7 +233,7 @@ async function runForm(
       const out = await runner(g, fresh, freshRecv, p);
       const values = await out.toFloat32Array();
       if (out !== fresh && out !== freshRecv) out.dispose();
-      return { us, wrong: countWrong(plugin, values, p, c, o.dtype) };
+      return { us, p50, wrong: countWrong(plugin, values, p, c, o.dtype) };
     } finally {
       fresh.dispose();
       freshRecv?.dispose();
@@ -221,14 +261,16 @@ export async function runCollectiveSweep(
   for (let i = 0; i < o.sizes.length; i++) {
     const c = plugin.counts(Math.floor(o.sizes[i]! / word), g.size);
     if (c.param === 0) continue;
-    const local = [0, 0, 0, 0]; // time out-of-place, time in-place, #wrong out-of-place, #wrong in-place
+    // per form k (0 out-of-place, 1 in-place): [k] time, [k + 2] #wrong, [k + 4] p50
+    const local = [0, 0, 0, 0, 0, 0];
     for (const [k, form] of FORMS.entries()) {
       if (!plugin.run[form]) continue;
       const r = await runForm(g, plugin, form, c, p, o);
       local[k] = r.us;
       local[k + 2] = r.wrong;
+      local[k + 4] = r.p50;
     }
-    const stats = Tensor.from(local, [4], { device: o.device });
+    const stats = Tensor.from(local, [6], { device: o.device });
     await g.allReduce(stats);
     const total = await stats.toFloat32Array();
     stats.dispose();
@@ -238,7 +280,7 @@ export async function runCollectiveSweep(
       if (!plugin.run[FORMS[k]!]) return null;
       const timeUs = total[k]! / g.size;
       const algbw = size / timeUs / 1e3;
-      return { timeUs, algbw, busbw: algbw * factor, wrong: o.check ? total[k + 2]! : null };
+      return { timeUs, p50Us: o.sync === 'each' ? total[k + 4]! / g.size : null, algbw, busbw: algbw * factor, wrong: o.check ? total[k + 2]! : null };
     };
     const row: CollRow = {
       size,

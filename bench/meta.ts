@@ -20,6 +20,8 @@ export interface MachineMeta {
   cores: number;
   /** Total memory, GiB. */
   memoryGiB: number;
+  /** 1-, 5- and 15-minute load averages when the run started (the cores are shared: judge the figures by it). */
+  loadavg: number[];
   /** `linux 6.1.0 x64` */
   os: string;
   /** Node.js version. */
@@ -79,6 +81,7 @@ export function machineMeta(): MachineMeta {
     cpu: cpus[0]?.model.trim() ?? 'unknown',
     cores: os.availableParallelism ? os.availableParallelism() : cpus.length,
     memoryGiB: Math.round((os.totalmem() / 2 ** 30) * 10) / 10,
+    loadavg: os.loadavg().map((v) => Math.round(v * 100) / 100),
     os: `${os.platform()} ${os.release()} ${os.arch()}`,
     node: process.version,
     tpkit: packageVersion(),
@@ -89,5 +92,5 @@ export function machineMeta(): MachineMeta {
 
 /** One line for a text report: `# 2025-11-21T06:00:00Z host (AMD EPYC, 2 cores) node v20 · OpenBLAS … · Gloo …` */
 export function metaLine(m: MachineMeta): string {
-  return `# ${m.date}  ${m.host} (${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB)  node ${m.node}  tpkit ${m.tpkit}\n# ${m.openblas}  ·  Gloo ${m.gloo}`;
+  return `# ${m.date}  ${m.host} (${m.cpu}, ${m.cores} cores, ${m.memoryGiB} GiB, load ${m.loadavg.join(' ')})  node ${m.node}  tpkit ${m.tpkit}\n# ${m.openblas}  ·  Gloo ${m.gloo}`;
 }

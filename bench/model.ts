@@ -55,7 +55,7 @@ function nnls2(x1: number[], x2: number[], t: number[], w: number[]): [number, n
  *
  * @returns null when fewer than two distinct sizes with worldSize ≥ 2 are given
  */
-export function fitRingModel(points: readonly RingPoint[]): RingModelResult | null {
+export function fitRingModel(points: readonly RingPoint[], fitted: 'p50' | 'mean' = 'mean'): RingModelResult | null {
   const pts = points.filter((q) => q.worldSize >= 2 && q.timeUs > 0 && Number.isFinite(q.timeUs));
   if (new Set(pts.map((q) => q.size)).size < 2) return null;
   const x1 = pts.map((q) => 2 * (q.worldSize - 1));
@@ -66,6 +66,7 @@ export function fitRingModel(points: readonly RingPoint[]): RingModelResult | nu
   const predicted = pts.map((q) => ringAllReduceTime(q.size, q.worldSize, alphaUs, betaUsPerByte));
   const rms = Math.sqrt(predicted.reduce((acc, p, i) => acc + ((p - t[i]!) / t[i]!) ** 2, 0) / pts.length);
   return {
+    fitted,
     alphaUs,
     betaUsPerByte,
     bandwidthGBs: betaUsPerByte > 0 ? 1 / betaUsPerByte / 1e3 : 0,

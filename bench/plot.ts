@@ -83,7 +83,7 @@ export function renderLineChart(series: readonly PlotSeries[], o: PlotOptions): 
   out.push('</g>');
   out.push(`<rect x="${m.left}" y="${m.top}" width="${pw}" height="${ph}" fill="none" stroke="#333333"/>`);
   out.push('<g fill="#333333">');
-  for (let e = lo; e <= hi; e += xEvery) {
+  for (let e = hi; e >= lo; e -= xEvery) {
     out.push(`<text x="${fmt(X(2 ** e))}" y="${m.top + ph + 16}" text-anchor="middle">${escapeXml(formatSize(2 ** e))}</text>`);
   }
   for (let v = 0; v <= top + 1e-9; v += step) {
@@ -127,10 +127,11 @@ export function collectiveSeries(results: readonly CollectivesResult[], metric: 
   const series: PlotSeries[] = [];
   const ops = new Set(results.map((r) => r.meta.op));
   for (const r of results) {
-    const tag = `${ops.size > 1 ? `${r.meta.op} ` : ''}${r.meta.backend} n=${r.meta.worldSize}${r.meta.consistencyCheck === 'off' ? ' TPKIT_CHECK=off' : ''}`;
+    const tag = `${ops.size > 1 ? `${r.meta.op} ` : ''}${r.meta.backend} n=${r.meta.worldSize}`;
+    const check = r.meta.consistencyCheck === 'off' ? ' TPKIT_CHECK=off' : '';
     const pick = (row: CollectivesResult['rows'][number]) => row.outOfPlace ?? row.inPlace;
     series.push({
-      label: `tpkit ${tag}`,
+      label: `tpkit ${tag}${check}`,
       points: r.rows.filter((row) => pick(row)).map((row) => ({ x: row.size, y: metric === 'time' ? pick(row)!.timeUs : pick(row)![metric] })),
     });
     for (const [peer, st] of Object.entries(r.peers ?? {})) {

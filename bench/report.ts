@@ -37,18 +37,26 @@ export function collectivePeerTable(r: CollectivesResult): string[] {
   const cols: Column<(typeof rows)[number]>[] = [
     { header: 'size', unit: '(B)', cell: (row) => String(row.size) },
     { header: 'tpkit', unit: '(us)', cell: (row) => formatTime(t(row).timeUs) },
+    { header: 'p50', unit: '(us)', cell: (row) => (t(row).p50Us === null ? '-' : formatTime(t(row).p50Us!)) },
     { header: 'busbw', unit: '(GB/s)', cell: (row) => t(row).busbw.toFixed(3) },
   ];
   for (const n of names) {
+    const c = (row: (typeof rows)[number]) => row.peers?.[n];
     cols.push(
-      { header: n, unit: '(us)', cell: (row) => (row.peers?.[n] ? formatTime(row.peers[n]!.timeUs) : '-') },
-      { header: `${n} busbw`, unit: '(GB/s)', cell: (row) => (row.peers?.[n] ? row.peers[n]!.rate.toFixed(3) : '-') },
-      { header: `#wrong`, unit: '', cell: (row) => (row.peers?.[n] ? String(row.peers[n]!.wrong) : '-') },
-      { header: `tpkit-${n}`, unit: '(us)', cell: (row) => (row.peers?.[n] ? (t(row).timeUs - row.peers[n]!.timeUs).toFixed(1) : '-') },
-      { header: `busbw tpkit/${n}`, unit: '', cell: (row) => ratio(t(row).busbw, row.peers?.[n]?.rate) },
+      { header: n, unit: '(us)', cell: (row) => (c(row) ? formatTime(c(row)!.timeUs) : '-') },
+      { header: 'p50', unit: '(us)', cell: (row) => (c(row)?.p50Us !== undefined ? formatTime(c(row)!.p50Us!) : '-') },
+      { header: 'busbw', unit: '(GB/s)', cell: (row) => (c(row) ? c(row)!.rate.toFixed(3) : '-') },
+      { header: '#wrong', cell: (row) => (c(row) ? String(c(row)!.wrong) : '-') },
+      { header: 'p50 diff', unit: '(us)', cell: (row) => (c(row)?.p50Us !== undefined && t(row).p50Us !== null ? (t(row).p50Us! - c(row)!.p50Us!).toFixed(1) : '-') },
+      { header: 'busbw ratio', unit: `tpkit/${n}`, cell: (row) => ratio(t(row).busbw, c(row)?.rate) },
     );
   }
-  return ['#', `# tpkit vs peers (same sizes, inputs, warm-up and iterations; ${r.meta.dtype}, ${r.meta.worldSize} ranks)`, ...formatTable(cols, rows)];
+  return [
+    '#',
+    `# tpkit vs peers (same sizes, inputs, warm-up and iterations; ${r.meta.dtype}, ${r.meta.worldSize} ranks; time = elapsed / iterations,`,
+    '# p50 = median per-op time, p50 diff = tpkit p50 − peer p50, busbw ratio = tpkit busbw / peer busbw)',
+    ...formatTable(cols, rows),
+  ];
 }
 
 /** The cost model's lines: fitted α, β and predicted vs measured per size. */
@@ -56,7 +64,7 @@ export function modelLines(m: RingModelResult): string[] {
   const lines = [
     '#',
     '# Ring all-reduce model t(n) = 2(p-1)·α + 2(p-1)/p · n·β (Thakur et al. 2005; Patarasuk & Yuan 2009),',
-    '# fitted by least squares on relative residuals (weights 1/t²), α, β ≥ 0:',
+    `# fitted to the ${m.fitted === 'p50' ? 'per-op medians' : 'mean times'} by least squares on relative residuals (weights 1/t²), α, β ≥ 0:`,
     `#   α = ${m.alphaUs.toFixed(2)} us   β = ${(m.betaUsPerByte * 1e3).toFixed(4)} ns/B (1/β = ${m.bandwidthGBs.toFixed(3)} GB/s)   rms relative error ${(m.rmsRelError * 100).toFixed(1)} %`,
   ];
   const cols: Column<RingModelResult['points'][number]>[] = [

@@ -44,6 +44,8 @@ export interface PeerStatus {
 /** One peer's figure at one size / shape. */
 export interface PeerCell {
   timeUs: number;
+  /** Median per-operation time, µs (collective peers). */
+  p50Us?: number;
   /** busbw (collectives) in GB/s, or TFLOP/s (GEMM). */
   rate: number;
   /** Elements differing from the reference (the peer's own check). */
@@ -52,6 +54,8 @@ export interface PeerCell {
 
 /** Fit of the ring all-reduce cost model t(n) = 2(p−1)α + 2(p−1)/p · n·β (see bench/model.ts). */
 export interface RingModelResult {
+  /** Which measured time was fitted: the per-op median (`p50`, when recorded) or the mean. */
+  fitted: 'p50' | 'mean';
   /** Per-message latency α, µs. */
   alphaUs: number;
   /** Per-byte time β, µs/byte. */
@@ -87,6 +91,8 @@ export interface CollectivesResult {
     stepFactor: number;
     /** OpenBLAS threads per rank. */
     blasThreads: number;
+    /** Runs folded into this result (median times; see `--repeat`). */
+    repeat: number;
   };
   rows: (CollRow & { peers?: Record<string, PeerCell> })[];
   /** Mean busbw over all measured cells (nccl-tests' footer). */
@@ -118,7 +124,7 @@ export interface GemmRow {
 /** `tpkit bench gemm --json`. */
 export interface GemmResult {
   schema: 'tpkit.bench.gemm/1';
-  meta: MachineMeta & { device: string; iters: number; warmup: number; blasThreads: number; tp: number };
+  meta: MachineMeta & { device: string; iters: number; warmup: number; blasThreads: number; tp: number; repeat: number };
   rows: GemmRow[];
   peers?: Record<string, PeerStatus>;
 }
@@ -173,6 +179,7 @@ const machineMeta: Record<string, JsonSchema> = {
   cpu: str,
   cores: count,
   memoryGiB: nonNeg,
+  loadavg: { type: 'array', items: nonNeg, description: '1-, 5-, 15-minute load averages at the start' },
   os: str,
   node: str,
   tpkit: str,
@@ -181,13 +188,14 @@ const machineMeta: Record<string, JsonSchema> = {
 };
 
 const peerStatus = obj({ status: { enum: ['ok', 'skipped'] }, reason: str, version: str, command: str }, ['reason', 'version', 'command']);
-const peerCell = obj({ timeUs: nonNeg, rate: nonNeg, wrong: count });
+const peerCell = obj({ timeUs: nonNeg, p50Us: nonNeg, rate: nonNeg, wrong: count }, ['p50Us']);
 const peerStatuses: JsonSchema = { type: 'object', additionalProperties: peerStatus };
 const peerCells: JsonSchema = { type: 'object', additionalProperties: peerCell };
 
 const formResult = nullable(
   obj({
-    timeUs: { type: 'number', minimum: 0, description: 'µs per operation, averaged over ranks' },
+    timeUs: { type: 'number', minimum: 0, description: 'µs per operation (elapsed / iterations), averaged over ranks' },
+    p50Us: nullable({ type: 'number', minimum: 0, description: 'median per-operation µs, averaged over ranks; null in batch mode' }),
     algbw: { type: 'number', minimum: 0, description: 'GB/s = size / time' },
     busbw: { type: 'number', minimum: 0, description: 'GB/s = algbw × the op’s bus factor' },
     wrong: nullable({ type: 'integer', minimum: 0, description: 'elements differing from the reference, summed over ranks; null: check off' }),
@@ -220,6 +228,7 @@ export const COLLECTIVES_SCHEMA: JsonSchema = {
         maxBytes: count,
         stepFactor: { type: 'integer', minimum: 1 },
         blasThreads: count,
+        repeat: { type: 'integer', minimum: 1 },
       }),
       rows: arrayOf(
         obj(
@@ -239,6 +248,7 @@ export const COLLECTIVES_SCHEMA: JsonSchema = {
       avgBusBw: nonNeg,
       peers: peerStatuses,
       model: obj({
+        fitted: { enum: ['p50', 'mean'] },
         alphaUs: num,
         betaUsPerByte: num,
         bandwidthGBs: num,
@@ -258,7 +268,7 @@ export const GEMM_SCHEMA: JsonSchema = {
   ...obj(
     {
       schema: { const: 'tpkit.bench.gemm/1' },
-      meta: obj({ ...machineMeta, device: str, iters: { type: 'integer', minimum: 1 }, warmup: count, blasThreads: count, tp: { type: 'integer', minimum: 1 } }),
+      meta: obj({ ...machineMeta, device: str, iters: { type: 'integer', minimum: 1 }, warmup: count, blasThreads: count, tp: { type: 'integer', minimum: 1 }, repeat: { type: 'integer', minimum: 1 } }),
       rows: arrayOf(
         obj(
           {

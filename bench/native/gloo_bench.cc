@@ -7,7 +7,7 @@
 //                    [-w 5] [--timeout-ms 300000] [--check-exchange]
 //
 // Timing (nccl-tests): warm-up, barrier, then n blocking all-reduces back to back; time per op = elapsed / n,
-// averaged over ranks. Then the input is re-initialised, one more all-reduce runs, and #wrong counts the
+// averaged over ranks; p50 = the median of the per-op times, averaged over ranks. Then the input is re-initialised, one more all-reduce runs, and #wrong counts the
 // elements differing from the sum computed from the predictable inputs (summed over ranks).
 // --check-exchange adds before every all-reduce the 56-byte descriptor all-gather tpkit's GlooComm performs
 // when TPKIT_CHECK is on, to attribute the cost of that check.
@@ -23,8 +23,14 @@
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <exception>
+#include <stdexcept>
 #include <memory>
 #include <vector>
 
@@ -89,6 +95,10 @@ int main(int argc, char** argv) {
     const bool exchange = args.Has("check-exchange");
     const std::chrono::milliseconds timeout(args.Int("timeout-ms", 300000));
 
+    // FileStore needs an existing directory; every rank may create it (the others see EEXIST).
+    if (mkdir(storeDir.c_str(), 0700) != 0 && errno != EEXIST) {
+      throw std::runtime_error("cannot create store directory " + storeDir + ": " + std::strerror(errno));
+    }
     gloo::transport::tcp::attr attr;
     attr.hostname = args.Get("hostname", "127.0.0.1");
     auto device = gloo::transport::tcp::CreateDevice(attr);
@@ -119,12 +129,21 @@ int main(int argc, char** argv) {
         }
         gloo::BarrierOptions bopts(ctx);
         gloo::barrier(bopts);
-        const double t0 = NowUs();
+        std::vector<double> each(static_cast<size_t>(iters));
+        double last = NowUs();
         for (int64_t i = 0; i < iters; i++) {
           if (exchange) Exchange(ctx, seq++, static_cast<int64_t>(count));
           AllReduceF32(ctx, buf.data(), count);
+          const double now = NowUs();
+          each[static_cast<size_t>(i)] = now - last;
+          last = now;
         }
-        const double us = (NowUs() - t0) / static_cast<double>(iters);
+        double us = 0;
+        for (double e : each) us += e;
+        us /= static_cast<double>(iters);
+        std::sort(each.begin(), each.end());
+        const size_t mid = each.size() / 2;
+        const double p50 = each.size() % 2 ? each[mid] : (each[mid - 1] + each[mid]) / 2;
 
         Fill(buf, rank);
         AllReduceF32(ctx, buf.data(), count);
@@ -134,15 +153,15 @@ int main(int argc, char** argv) {
           for (int r = 0; r < size; r++) expect += InputValue(r, static_cast<int64_t>(i));
           if (buf[i] != expect) wrong++;
         }
-        double stats[2] = {us, static_cast<double>(wrong)};
-        if (size > 1) SumDoubles(ctx, stats, 2);
+        double stats[3] = {us, static_cast<double>(wrong), p50};
+        if (size > 1) SumDoubles(ctx, stats, 3);
         if (rank == 0) {
           const double avgUs = stats[0] / size;
           const double algbw = static_cast<double>(count * 4) / 1e3 / avgUs;  // GB/s = bytes / 1e9 / s
           const double busbw = algbw * 2.0 * (size - 1) / size;
-          std::printf("{\"kind\":\"row\",\"size\":%zu,\"count\":%zu,\"timeUs\":%.3f,\"algbw\":%.6f,\"busbw\":%.6f,"
-                      "\"wrong\":%lld}\n",
-                      count * 4, count, avgUs, algbw, busbw, static_cast<long long>(stats[1]));
+          std::printf("{\"kind\":\"row\",\"size\":%zu,\"count\":%zu,\"timeUs\":%.3f,\"p50Us\":%.3f,\"algbw\":%.6f,"
+                      "\"busbw\":%.6f,\"wrong\":%lld}\n",
+                      count * 4, count, avgUs, stats[2] / size, algbw, busbw, static_cast<long long>(stats[1]));
           std::fflush(stdout);
         }
       }

@@ -36,6 +36,32 @@ export function findNativePeer(name: 'tpkit_bench_sgemm' | 'tpkit_bench_gloo', e
   return null;
 }
 
+/**
+ * {@link findNativePeer}, building bench/native first (standalone CMake build into build/bench-native) when
+ * the program is missing and `cmake` is on the PATH. Progress of the build goes to stderr.
+ *
+ * @returns the path, or the reason it is not available
+ */
+export async function ensureNativePeer(name: 'tpkit_bench_sgemm' | 'tpkit_bench_gloo', env: NodeJS.ProcessEnv = process.env): Promise<{ path: string } | { reason: string }> {
+  const found = findNativePeer(name, env);
+  if (found) return { path: found };
+  const root = packageRoot();
+  const src = path.join(root, 'bench', 'native');
+  if (!fs.existsSync(path.join(src, 'CMakeLists.txt'))) return { reason: `${name} is not built and bench/native is not in this installation` };
+  const out = path.join(root, 'build', 'bench-native');
+  process.stderr.write(`# building the raw peers: cmake -S ${src} -B ${out} && cmake --build ${out}\n`);
+  try {
+    for (const args of [['-S', src, '-B', out, '-DCMAKE_BUILD_TYPE=Release'], ['--build', out]]) {
+      const r = await runPeerProcess('cmake', args, { timeoutMs: 300_000 });
+      if (r.code !== 0) return { reason: `${name} is not built and building it failed (${lastLine(r.stderr)}); build it with ${NATIVE_BUILD_HINT}` };
+    }
+  } catch (e) {
+    return { reason: `${name} is not built and cmake cannot run (${(e as Error).message}); build it with ${NATIVE_BUILD_HINT}` };
+  }
+  const built = findNativePeer(name, env);
+  return built ? { path: built } : { reason: `${name} is still missing after the build; build it with ${NATIVE_BUILD_HINT}` };
+}
+
 /** A peer's figures keyed by size (collectives) or shape (GEMM), and its status. */
 export interface PeerRun<K> {
   status: PeerStatus;
@@ -63,8 +89,9 @@ export async function runGlooPeer(o: {
   checkExchange?: boolean;
   timeoutMs?: number;
 }): Promise<PeerRun<number>> {
-  const exe = findNativePeer('tpkit_bench_gloo');
-  if (!exe) return skipped(`tpkit_bench_gloo is not built (${NATIVE_BUILD_HINT})`);
+  const found = await ensureNativePeer('tpkit_bench_gloo');
+  if ('reason' in found) return skipped(found.reason);
+  const exe = found.path;
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'tpkit-gloo-store-'));
   const common = ['--size', String(o.worldSize), '--store', store, '-b', String(o.minBytes), '-e', String(o.maxBytes), '-f', String(o.stepFactor), '-n', String(o.iters), '-w', String(o.warmup)];
   if (o.checkExchange) common.push('--check-exchange');
@@ -82,7 +109,7 @@ export async function runGlooPeer(o: {
     const cells = new Map<number, PeerCell>();
     for (const x of records) {
       if (x.kind !== 'row') continue;
-      cells.set(x.size as number, { timeUs: x.timeUs as number, rate: x.busbw as number, wrong: x.wrong as number });
+      cells.set(x.size as number, { timeUs: x.timeUs as number, p50Us: x.p50Us as number, rate: x.busbw as number, wrong: x.wrong as number });
     }
     return { status: { status: 'ok', version: `Gloo ${String(meta?.gloo ?? '?')}`, command }, cells };
   } catch (e) {
@@ -111,8 +138,9 @@ export function shapeKey(s: GemmShape): string {
  * @returns cells keyed by {@link shapeKey} (rate = TFLOP/s)
  */
 export async function runSgemmPeer(o: { shapes: readonly GemmShape[]; iters: number; warmup: number; threads: number; timeoutMs?: number }): Promise<PeerRun<string>> {
-  const exe = findNativePeer('tpkit_bench_sgemm');
-  if (!exe) return skipped(`tpkit_bench_sgemm is not built (${NATIVE_BUILD_HINT})`);
+  const found = await ensureNativePeer('tpkit_bench_sgemm');
+  if ('reason' in found) return skipped(found.reason);
+  const exe = found.path;
   const args = ['--threads', String(o.threads), '-n', String(o.iters), '-w', String(o.warmup), ...o.shapes.map(shapeKey)];
   const command = commandLine(exe, args);
   try {

@@ -69,7 +69,7 @@ export async function runTorchAllReducePeer(o: {
   if ('error' in r) return skipped(r.error!, r.command);
   const cells = new Map<number, PeerCell>();
   for (const x of r.records) {
-    if (x.kind === 'row') cells.set(x.size as number, { timeUs: x.timeUs as number, rate: x.busbw as number, wrong: x.wrong as number });
+    if (x.kind === 'row') cells.set(x.size as number, { timeUs: x.timeUs as number, p50Us: x.p50Us as number, rate: x.busbw as number, wrong: x.wrong as number });
   }
   return { status: { status: 'ok', version: r.version, command: r.command }, cells };
 }

@@ -54,20 +54,27 @@ def allreduce_rank(args, rank):
             for _ in range(args.warmup):
                 dist.all_reduce(t)
             dist.barrier()
-            t0 = time.perf_counter_ns()
+            each = []
+            last = time.perf_counter_ns()
             for _ in range(args.iters):
                 dist.all_reduce(t)
-            us = (time.perf_counter_ns() - t0) / 1e3 / args.iters
+                now = time.perf_counter_ns()
+                each.append((now - last) / 1e3)
+                last = now
+            us = sum(each) / len(each)
+            each.sort()
+            mid = len(each) // 2
+            p50 = each[mid] if len(each) % 2 else (each[mid - 1] + each[mid]) / 2
             t = input_values(torch, rank, count)
             dist.all_reduce(t)
             expect = sum(input_values(torch, r, count) for r in range(n))
             wrong = int((t != expect).sum().item())
-            stats = torch.tensor([us, float(wrong)], dtype=torch.float64)
+            stats = torch.tensor([us, float(wrong), p50], dtype=torch.float64)
             dist.all_reduce(stats)
             if rank == 0:
                 avg = stats[0].item() / n
                 algbw = count * 4 / 1e3 / avg
-                emit({"kind": "row", "size": count * 4, "count": count, "timeUs": avg, "algbw": algbw,
+                emit({"kind": "row", "size": count * 4, "count": count, "timeUs": avg, "p50Us": stats[2].item() / n, "algbw": algbw,
                       "busbw": algbw * 2 * (n - 1) / n, "wrong": int(stats[1].item())})
         if args.stepfactor <= 1:
             break
@@ -105,15 +112,14 @@ def matmul(args):
     for text in args.shapes:
         trans_b = text.endswith("t")
         m, n, k = (int(x) for x in text.rstrip("t").split("x"))
-        # Must match ValueA / ValueB in bench/native/sgemm_bench.cc and bench/gemm.ts.
-        i = torch.arange(m, dtype=torch.int64).unsqueeze(1)
-        kk = torch.arange(k, dtype=torch.int64).unsqueeze(0)
-        a = (((i * 3 + kk * 5) % 7) - 3).to(torch.float32)
-        kc = torch.arange(k, dtype=torch.int64).unsqueeze(1)
-        j = torch.arange(n, dtype=torch.int64).unsqueeze(0)
-        b = (((kc * 2 + j * 3) % 7) - 3).to(torch.float32)  # [K, N]
-        if trans_b:
-            b = b.t().contiguous()  # stored [N, K], used transposed as in linear's x·Wᵀ
+        # Must match ValueA / ValueB in bench/native/sgemm_bench.cc and bench/gemm.ts. Built in float32:
+        # every intermediate is an integer below 2^24, so it is exact (and int64 temporaries would need 2x memory).
+        f32 = torch.float32
+        a = torch.remainder(torch.arange(m, dtype=f32).unsqueeze(1) * 3 + torch.arange(k, dtype=f32).unsqueeze(0) * 5, 7) - 3
+        if trans_b:  # stored [N, K], used transposed as in linear's x·Wᵀ
+            b = torch.remainder(torch.arange(k, dtype=f32).unsqueeze(0) * 2 + torch.arange(n, dtype=f32).unsqueeze(1) * 3, 7) - 3
+        else:  # [K, N]
+            b = torch.remainder(torch.arange(k, dtype=f32).unsqueeze(1) * 2 + torch.arange(n, dtype=f32).unsqueeze(0) * 3, 7) - 3
         run = (lambda: torch.matmul(a, b.t())) if trans_b else (lambda: torch.matmul(a, b))
         for _ in range(args.warmup):
             c = run()
