@@ -22,7 +22,7 @@ import { intListParser, intParser, listOf, sizeParser } from './options';
 import { renderCollectivesPlot, type PlotMetric } from './plot';
 import { writeFile } from './report';
 import { SCHEMAS, validate, COLLECTIVES_SCHEMA, type CollectivesResult } from './schema';
-import type { DType } from '../lib/tensor';
+import { DTYPES, type DType } from '../lib/tensor';
 import type { SyncMode } from './harness';
 
 const PEERS: readonly PeerName[] = ['native', 'torch'];
@@ -112,7 +112,7 @@ export async function benchMain(argv: string[]): Promise<number> {
     .addOption(new Option('--max-gflop <n>', 'skip GEMMs of more than n GFLOP (2·M·N·K / 1e9)').argParser(intParser(1)))
     .addOption(new Option('-n, --iters <n>', 'timed iterations').argParser(intParser(1)).default(10))
     .addOption(new Option('-w, --warmup-iters <n>', 'untimed iterations').argParser(intParser(0)).default(2))
-    .addOption(new Option('-d, --dtype <type>', 'element type (cpu: float32)').choices(['float32', 'float16', 'bfloat16']).default('float32'))
+    .addOption(new Option('-d, --dtype <list>', 'element types, comma-separated (the cpu backend computes float32 only)').argParser(listOf(DTYPES)).default(['float32'], 'float32'))
     .addOption(new Option('--device <device>', 'cpu or cuda').choices(['cpu', 'cuda']).default('cpu'))
     .addOption(new Option('--threads <n>', 'OpenBLAS threads (default: OpenBLAS\'s own, usually the core count)').argParser(intParser(1)))
     .addOption(new Option('--peers <list>', 'compare with native (raw OpenBLAS), torch (torch.matmul), all, or none').argParser(listOf(PEERS)).default([], 'none'))
@@ -127,7 +127,7 @@ export async function benchMain(argv: string[]): Promise<number> {
         tp: flags.tp as number,
         iters: flags.iters as number,
         warmup: flags.warmupIters as number,
-        dtype: flags.dtype as DType,
+        dtypes: flags.dtype as DType[],
         device: flags.device as 'cpu' | 'cuda',
         peers: flags.peers as PeerName[],
         repeat: flags.repeat as number,
@@ -207,6 +207,11 @@ export async function benchMain(argv: string[]): Promise<number> {
     if (e instanceof CommanderError) {
       if (e.code === 'tpkit.bench') process.stderr.write(`${e.message}\n`);
       return e.exitCode === 0 ? 0 : 2;
+    }
+    // Argument errors found after parsing (e.g. a root outside the world): the message, not a stack.
+    if (e instanceof RangeError) {
+      process.stderr.write(`tpkit bench: ${e.message}\n`);
+      return 2;
     }
     throw e;
   }

@@ -235,6 +235,7 @@ export function totalWrong(r: CollectivesResult): number {
  */
 export async function collectivesCommand(o: CollectivesOptions, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<number> {
   if (env.RANK === undefined) {
+    if (o.root >= o.nproc) throw new RangeError(`Expected root in [0, ${o.nproc}) for --root but received ${o.root}`);
     const runs: CollectivesResult[] = [];
     for (let i = 0; i < o.repeat; i++) {
       if (o.repeat > 1) print(`# run ${i + 1} of ${o.repeat}`);

@@ -36,7 +36,8 @@ export interface GemmOptions {
   maxGflop?: number;
   iters: number;
   warmup: number;
-  dtype: DType;
+  /** Element types to run; the cpu backend computes float32 only (others are skipped with a note). */
+  dtypes: DType[];
   device: 'cpu' | 'cuda';
   threads?: number;
   peers: PeerName[];
@@ -109,7 +110,7 @@ export function gemmWrong(c: GemmShape, out: Float32Array): number {
  */
 export async function runGemmCase(
   c: GemmCase,
-  o: Pick<GemmOptions, 'iters' | 'warmup' | 'dtype' | 'device'> & { repeat?: number },
+  o: Pick<GemmOptions, 'iters' | 'warmup' | 'device'> & { dtype: DType; repeat?: number },
   between: () => Promise<void> = async () => {},
 ): Promise<GemmRow> {
   const [a, b] = operands(c, o.dtype, o.device);
@@ -176,42 +177,47 @@ export async function gemmCommand(o: GemmOptions): Promise<number> {
   const cases = gemmCases(o);
   const meta = machineMeta();
   const repeat = o.repeat ?? 1;
+  const dtypes = o.device === 'cpu' ? o.dtypes.filter((d) => d === 'float32') : o.dtypes;
   process.stdout.write(
-    `# tpkit bench gemm: ${cases.length} GEMMs, ${o.dtype} on ${o.device}, OpenBLAS threads ${threads}, warmup ${o.warmup}, iters ${o.iters}, tp ${o.tp}` +
-      `${repeat > 1 ? `, median of ${repeat} runs` : ''}${o.peers.length ? `, peers ${o.peers.join(', ')} after each tpkit run` : ''}\n${metaLine(meta)}\n#\n`,
+    `# tpkit bench gemm: ${cases.length} GEMMs × ${dtypes.join(', ')} on ${o.device}, OpenBLAS threads ${threads}, warmup ${o.warmup}, iters ${o.iters}, tp ${o.tp}` +
+      `${repeat > 1 ? `, median of ${repeat} runs` : ''}${o.peers.length ? `, peers ${o.peers.join(', ')} after each tpkit run` : ''}\n${metaLine(meta)}\n`,
   );
+  for (const d of o.dtypes.filter((x) => !dtypes.includes(x))) process.stdout.write(`# ${d} skipped: the cpu backend computes GEMM in float32 only\n`);
+  process.stdout.write('#\n');
   const status: Record<string, PeerStatus> = {};
   const peerOk = (p: PeerName): boolean => status[p]?.status !== 'skipped';
   const rows: GemmRow[] = [];
+  const total = cases.length * dtypes.length;
   const progress = createProgress(true);
-  progress.start(cases.length, cases[0] ? shapeKey(cases[0]) : '');
+  progress.start(total, cases[0] ? shapeKey(cases[0]) : '');
   try {
-    for (const [i, c] of cases.entries()) {
-      const shape: GemmShape = { m: c.m, n: c.n, k: c.k, transB: c.transB };
-      const cells: Record<string, PeerCell[]> = {};
-      const peersOnce = async (): Promise<void> => {
-        for (const p of o.peers) {
-          if (!peerOk(p)) continue;
-          let run: PeerRun<string>;
-          if (o.dtype !== 'float32' || o.device !== 'cpu') {
-            run = { status: { status: 'skipped', reason: 'the GEMM peers run float32 on the cpu only' }, cells: new Map() };
-          } else if (p === 'native') {
-            run = await runSgemmPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads });
-          } else {
-            run = await runTorchMatmulPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads });
+    for (const dtype of dtypes) {
+      for (const c of cases) {
+        const shape: GemmShape = { m: c.m, n: c.n, k: c.k, transB: c.transB };
+        const cells: Record<string, PeerCell[]> = {};
+        const peersOnce = async (): Promise<void> => {
+          if (dtype !== 'float32' || o.device !== 'cpu') return; // the peers run float32 on the host
+          for (const p of o.peers) {
+            if (!peerOk(p)) continue;
+            const run: PeerRun<string> =
+              p === 'native'
+                ? await runSgemmPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads })
+                : await runTorchMatmulPeer({ shapes: [shape], iters: o.iters, warmup: o.warmup, threads });
+            if (!status[p] || run.status.status === 'skipped') {
+              status[p] = run.status.status === 'ok' ? { ...run.status, command: `${run.status.command} (one run per shape and repetition)` } : run.status;
+            }
+            const cell = run.cells.get(shapeKey(shape));
+            if (cell) (cells[p] ??= []).push(cell);
           }
-          if (!status[p] || run.status.status === 'skipped') status[p] = run.status;
-          const cell = run.cells.get(shapeKey(shape));
-          if (cell) (cells[p] ??= []).push(cell);
+        };
+        const row = await runGemmCase(c, { ...o, dtype, repeat }, peersOnce);
+        for (const [p, list] of Object.entries(cells)) {
+          const t = median(list.map((x) => x.timeUs));
+          (row.peers ??= {})[p] = { timeUs: t, rate: (2 * c.m * c.n * c.k) / t / 1e6, wrong: list.reduce((acc, x) => acc + x.wrong, 0) };
         }
-      };
-      const row = await runGemmCase(c, { ...o, repeat }, peersOnce);
-      for (const [p, list] of Object.entries(cells)) {
-        const t = median(list.map((x) => x.timeUs));
-        (row.peers ??= {})[p] = { timeUs: t, rate: (2 * c.m * c.n * c.k) / t / 1e6, wrong: list.reduce((acc, x) => acc + x.wrong, 0) };
+        rows.push(row);
+        progress.update(rows.length, `${dtype} ${c.name} ${shapeKey(c)}`);
       }
-      rows.push(row);
-      progress.update(i + 1, cases[i + 1] ? `${cases[i + 1]!.name} ${shapeKey(cases[i + 1]!)}` : 'done');
     }
   } finally {
     progress.stop();

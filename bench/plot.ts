@@ -144,7 +144,8 @@ export function collectiveSeries(results: readonly CollectivesResult[], metric: 
           const y = metric === 'time' ? c.timeUs : metric === 'busbw' ? c.rate : c.rate / (factor || 1);
           return { x: row.size, y };
         });
-      series.push({ label: `${peer} ${tag}`, points: pts, dashed: true });
+      // The same peer measured again next to another tpkit run (e.g. TPKIT_CHECK=off) is drawn once.
+      if (!series.some((x) => x.label === `${peer} ${tag}`)) series.push({ label: `${peer} ${tag}`, points: pts, dashed: true });
     }
   }
   return series;

@@ -22,9 +22,11 @@ export interface Progress {
   update(done: number, label: string): void;
   /** Removes the bar (idempotent). */
   stop(): void;
+  /** Writes `text` to `dest` without garbling the bar (clears its line, writes, draws it again). */
+  print(text: string, dest: NodeJS.WritableStream): void;
 }
 
-const NONE: Progress = { start() {}, update() {}, stop() {} };
+const NONE: Progress = { start() {}, update() {}, stop() {}, print: (text, dest) => void dest.write(text) };
 
 /** A cli-progress bar on `stream` (a terminal). */
 export function terminalBar(stream: NodeJS.WriteStream = process.stderr): Progress {
@@ -35,6 +37,7 @@ export function terminalBar(stream: NodeJS.WriteStream = process.stderr): Progre
       clearOnComplete: true,
       hideCursor: true,
       etaBuffer: 4,
+      forceRedraw: true, // print() clears the line, so the next render must draw even if nothing changed
     },
     cliProgress.Presets.shades_classic,
   );
@@ -50,6 +53,15 @@ export function terminalBar(stream: NodeJS.WriteStream = process.stderr): Progre
     stop() {
       if (running) bar.stop();
       running = false;
+    },
+    print(text, dest) {
+      if (!running) {
+        dest.write(text);
+        return;
+      }
+      stream.write('\r\x1b[2K');
+      dest.write(text);
+      bar.render();
     },
   };
 }
@@ -67,6 +79,7 @@ export function progressLines(stream: NodeJS.WritableStream = process.stderr): P
     },
     update: send,
     stop() {},
+    print: (text, dest) => void dest.write(text),
   };
 }
 
@@ -112,5 +125,10 @@ export class ProgressRelay {
   stop(): void {
     this.#bar?.stop();
     this.#started = false;
+  }
+  /** Writes a line of the ranks' output around the bar. */
+  print(text: string, dest: NodeJS.WritableStream): void {
+    if (this.#bar && this.#started) this.#bar.print(text, dest);
+    else dest.write(text);
   }
 }

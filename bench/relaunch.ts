@@ -74,12 +74,12 @@ export async function relaunch<T>(o: {
   const errDest = o.stderr ?? process.stderr;
   const relay = new ProgressRelay(o.progress ? terminalBar() : null);
   const stdout = new LineWriter((line) => {
-    outDest.write(`${line.startsWith(RANK0) ? line.slice(RANK0.length) : line}\n`);
+    relay.print(`${line.startsWith(RANK0) ? line.slice(RANK0.length) : line}\n`, outDest);
   });
   const stderr = new LineWriter((line) => {
     const p = parseProgressLine(line);
     if (p) relay.handle(p);
-    else errDest.write(`${line}\n`);
+    else relay.print(`${line}\n`, errDest);
   });
   const env: NodeJS.ProcessEnv = { ...(o.env ?? process.env), [RESULT_ENV]: resultFile };
   if (o.progress) env[PROGRESS_ENV] = 'lines';

@@ -104,6 +104,7 @@ test('the CLI rejects bad flags with exit code 2 and the flag named', async (t) 
     [['collectives', '--op', 'all_to_all'], /option '--op <name>' argument 'all_to_all' is invalid\. Allowed choices are all_reduce, all_gather, reduce_scatter, broadcast, alltoall, sendrecv\./],
     [['collectives', '--peers', 'mpi'], /Expected a comma-separated list of native, torch \(or all, none\) but received mpi\./],
     [['collectives', '-b', '1M', '-e', '1K'], /--minbytes 1048576 is larger than --maxbytes 1024/],
+    [['collectives', '--op', 'broadcast', '--root', '2', '--nproc', '2'], /tpkit bench: Expected root in \[0, 2\) for --root but received 2/],
     [['gemm', '--tokens', '1,x'], /Expected comma-separated positive integers but received 1,x\./],
     [['nonsense'], /unknown command 'nonsense'/],
   ];

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the figures of bench/README.md on this machine (CPU, Gloo) and refreshes bench/results/.
-# Modest sizes for a shared 2-core machine; about 10 minutes. Set TPKIT_BENCH_PYTHON to an interpreter
-# with torch to fill the PyTorch columns (the default python3 has none here, and they are skipped).
+# Modest sizes for a shared 2-core machine; about 25 minutes, most of it the GEMM sweep with its peers.
+# Set TPKIT_BENCH_PYTHON to an interpreter with torch to fill the PyTorch columns (the default python3 has
+# none here, and they are skipped with the reason).
 #
 #   npm run build:ts && bench/scripts/measure.sh [results-dir=bench/results]
 set -euo pipefail
@@ -30,4 +31,9 @@ $B gemm --min-size 256 --max-size 4096 --models llama3-8b,llama3-70b --tokens 1,
 $B layers --tp 1,2,4 --model llama3-8b --tokens 1,16,512 -n 5 -w 2 --json "$OUT/layers_llama3_8b.json"
 # 6. where a 4 KiB all-reduce spends its time (perf; uprobes on Gloo when root)
 PROBES=$([ "$(id -u)" = 0 ] && echo 1 || echo 0) bench/scripts/profile_small_allreduce.sh 4K 2 200 2000 | tee "$OUT/profile_4k_n2.txt"
+PROBES=$([ "$(id -u)" = 0 ] && echo 1 || echo 0) bench/scripts/profile_small_allreduce.sh 1M 2 30 300 | tee "$OUT/profile_1m_n2.txt"
+# 7. the consistency check's cost at small sizes (alternating on/off runs) and the GEMM timing split
+bench/scripts/check_cost.sh 5 2 64K 100 "$OUT"
+node dist/bench/scripts/gemm_split.js 512,1024,2048,4096 3 | tee "$OUT/gemm_split.txt"
+bench/scripts/profile_gemm.sh "512 1024" 20 200 | tee "$OUT/profile_gemm.txt"
 uptime
