@@ -45,5 +45,5 @@ export { VocabParallelEmbedding, VOCAB_PADDING_SIZE } from './layers/embedding';
 export type { EmbeddingOptions } from './layers/embedding';
 export type { LayerOptions } from './layers/common';
 export { SafetensorsFile, writeSafetensors } from './checkpoint/safetensors';
-export type { TensorInfo, RawTensor } from './checkpoint/safetensors';
+export type { TensorInfo, RawTensor, RawDType } from './checkpoint/safetensors';
 export { tensorFromRaw, rawFromTensor } from './checkpoint/load';

@@ -36,8 +36,11 @@ export interface ModelParallelOptions {
 
 /** Pure layout: the rank lists of every TP, PP and DP group for a world size (no communication). */
 export interface ModelParallelLayout {
+  /** Global ranks of each tensor-parallel group (consecutive ranks). */
   tensorParallelGroups: number[][];
+  /** Global ranks of each pipeline-parallel group (stride tp), in stage order. */
   pipelineParallelGroups: number[][];
+  /** Global ranks of each data-parallel group (stride tp·pp), sorted by first rank. */
   dataParallelGroups: number[][];
 }
 

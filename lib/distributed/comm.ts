@@ -8,11 +8,11 @@
  */
 import type { Tensor } from '../tensor';
 
-/** Reduction codes shared with C++: sum 0, prod 1, max 2, min 3, avg 4. */
-export const REDOP_CODE = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 } as const;
-
 /** A reduction. `avg` is the sum divided by the group size. */
-export type ReduceOp = keyof typeof REDOP_CODE;
+export type ReduceOp = 'sum' | 'prod' | 'max' | 'min' | 'avg';
+
+/** Reduction codes shared with C++: sum 0, prod 1, max 2, min 3, avg 4. */
+export const REDOP_CODE: Readonly<Record<ReduceOp, number>> = { sum: 0, prod: 1, max: 2, min: 3, avg: 4 };
 
 /** The store operations a backend may need for its rendezvous (keys are already prefixed for the group). */
 export interface RendezvousStore {

@@ -480,7 +480,7 @@ export class TCPStoreServer {
    * Starts a server bound to exactly `host` (never the wildcard address unless `host` is `0.0.0.0` / `::`).
    *
    * @param host - address to bind, e.g. `127.0.0.1` or the node's cluster interface address
-   * @param port - TCP port, integer in [0, 65536); 0 picks a free port (read it back from {@link port})
+   * @param port - TCP port, integer in [0, 65536); 0 picks a free port (read it back from {@link TCPStoreServer.port})
    * @param opts - {@link StoreOptions}; `token` turns on HMAC-SHA256 challenge–response authentication;
    *   `authTimeoutMs` (positive integer, default 5000 ms) is how long a connection may take to answer the
    *   challenge before it is closed
@@ -534,14 +534,13 @@ export class TCPStoreServer {
   }
 
   /**
-   * Stops listening and drops every connection (clients see their pending ops fail with
-   * `STORE_UNREACHABLE`). Idempotent: later calls return the same promise. Ranks are not marked dead.
-   */
-  /**
    * Lets the hosting process exit once the server is only serving itself: the listening socket and the
    * connection of the host's own client (the one that says HELLO with `ownRank`) no longer keep Node's event
    * loop alive, while connections of other ranks still do — so rank 0 stays up, serving the store, until every
    * other rank has disconnected (exited or closed its client), and no `close()` is required at the end.
+   *
+   * @param ownRank - the rank of the hosting process (0 under `initDistributed`)
+   * @returns this server
    */
   unref(ownRank: number): this {
     this.#unrefRank = ownRank;
@@ -554,6 +553,10 @@ export class TCPStoreServer {
   readonly #socketRank = new WeakMap<net.Socket, number>();
   readonly #sockets = new Set<net.Socket>();
 
+  /**
+   * Stops listening and drops every connection (clients see their pending ops fail with
+   * `STORE_UNREACHABLE`). Idempotent: later calls return the same promise. Ranks are not marked dead.
+   */
   close(): Promise<void> {
     if (this.#closing) return this.#closing;
     this.#closing = new Promise<void>((resolve) => {

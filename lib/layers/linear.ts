@@ -24,7 +24,9 @@ import { LayerOptions, Parallel, ShardSpec, divide, flag, layerOptions, loaded, 
 
 /** Output of a forward with `skipBiasAdd`: the bias is returned for the caller to fuse. */
 export interface OutputWithBias {
+  /** The layer's output without the bias, same shape as a normal forward. */
   output: Tensor;
+  /** The bias the caller must add (this rank's shard for column layers, the full bias for row layers), or null. */
   outputBias: Tensor | null;
 }
 
@@ -245,9 +247,11 @@ export class ReplicatedLinear extends LinearBase {
   constructor(inputSize: number, outputSize: number, opts?: LinearOptions) {
     super(inputSize, outputSize, layerOptions<LinearOptions>(opts), 1);
   }
+  /** @internal */
   protected weightPlan(): PartPlan[] {
     return [{ fullShape: [this.outputSize, this.inputSize], shard: { dim: 0, start: 0, length: this.outputSize } }];
   }
+  /** @internal */
   protected biasPlan(): PartPlan[] {
     return [{ fullShape: [this.outputSize], shard: { dim: 0, start: 0, length: this.outputSize } }];
   }
@@ -286,10 +290,12 @@ export class ColumnParallelLinear extends LinearBase {
     this.gatherOutput = flag(o, 'gatherOutput', false);
     this.outputSizePerPartition = divide(this.outputSize, this.tpSize, 'outputSize');
   }
+  /** @internal */
   protected weightPlan(): PartPlan[] {
     const n = this.outputSizePerPartition;
     return [{ fullShape: [this.outputSize, this.inputSize], shard: { dim: 0, start: this.tpRank * n, length: n } }];
   }
+  /** @internal */
   protected biasPlan(): PartPlan[] {
     const n = this.outputSizePerPartition;
     return [{ fullShape: [this.outputSize], shard: { dim: 0, start: this.tpRank * n, length: n } }];
@@ -332,13 +338,16 @@ export class MergedColumnParallelLinear extends ColumnParallelLinear {
     this.outputSizes = Object.freeze(outputSizes.slice());
     outputSizes.forEach((o, i) => divide(o, this.tpSize, `outputSizes[${i}]`));
   }
+  /** @internal */
   protected override partIndex(shardId: unknown): number | undefined {
     if (shardId === undefined) return undefined;
     return integerInRange(shardId, 'shardId', 0, this.outputSizes.length);
   }
+  /** @internal */
   protected override weightPlan(): PartPlan[] {
     return this.outputSizes.map((o) => ({ fullShape: [o, this.inputSize], shard: { dim: 0, start: this.tpRank * (o / this.tpSize), length: o / this.tpSize } }));
   }
+  /** @internal */
   protected override biasPlan(): PartPlan[] {
     return this.outputSizes.map((o) => ({ fullShape: [o], shard: { dim: 0, start: this.tpRank * (o / this.tpSize), length: o / this.tpSize } }));
   }
@@ -403,13 +412,16 @@ export class QKVParallelLinear extends ColumnParallelLinear {
   get kvShardRank(): number {
     return Math.floor(this.tpRank / this.numKvHeadReplicas);
   }
+  /** @internal */
   protected override partIndex(shardId: unknown): number | undefined {
     if (shardId === undefined) return undefined;
     return ['q', 'k', 'v'].indexOf(oneOf(shardId, 'shardId', ['q', 'k', 'v'] as const));
   }
+  /** @internal */
   protected override weightPlan(): PartPlan[] {
     return this.#plans().map(([rows, start, len]) => ({ fullShape: [rows, this.hiddenSize], shard: { dim: 0, start, length: len } }));
   }
+  /** @internal */
   protected override biasPlan(): PartPlan[] {
     return this.#plans().map(([rows, start, len]) => ({ fullShape: [rows], shard: { dim: 0, start, length: len } }));
   }
@@ -457,10 +469,12 @@ export class RowParallelLinear extends LinearBase {
       throw new RangeError('RowParallelLinear: reduceResults = false with a bias that is added would add the bias on every rank; use skipBiasAdd or bias: false');
     }
   }
+  /** @internal */
   protected weightPlan(): PartPlan[] {
     const n = this.inputSizePerPartition;
     return [{ fullShape: [this.outputSize, this.inputSize], shard: { dim: 1, start: this.tpRank * n, length: n } }];
   }
+  /** @internal */
   protected biasPlan(): PartPlan[] {
     return [{ fullShape: [this.outputSize], shard: { dim: 0, start: 0, length: this.outputSize } }];
   }
