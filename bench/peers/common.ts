@@ -5,6 +5,24 @@
  */
 import { spawn } from 'node:child_process';
 
+/** The size sweep every peer runs, in the harness's terms (bytes, nccl-tests' -b/-e/-f/-n/-w). */
+export interface SweepOptions {
+  /** Processes (ranks) of the peer. */
+  worldSize: number;
+  /** Smallest message, bytes. */
+  minBytes: number;
+  /** Largest message, bytes. */
+  maxBytes: number;
+  /** Multiplier between sizes. */
+  stepFactor: number;
+  /** Timed iterations per size. */
+  iters: number;
+  /** Warm-up iterations per size. */
+  warmup: number;
+  /** Bound on the whole peer run, ms. */
+  timeoutMs?: number;
+}
+
 /** What a peer process printed and how it ended. */
 export interface PeerProcessResult {
   code: number | null;

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { packageRoot } from '../../lib/native';
 import type { PeerCell, PeerStatus } from '../schema';
-import { commandLine, lastLine, runPeerProcess } from './common';
+import { commandLine, lastLine, runPeerProcess, type SweepOptions } from './common';
 
 /** How to build the raw peers (printed when they are missing). */
 export const NATIVE_BUILD_HINT = 'cmake -S bench/native -B build/bench-native && cmake --build build/bench-native';
@@ -79,16 +79,7 @@ function skipped<K>(reason: string, command?: string): PeerRun<K> {
  * @returns cells keyed by size in bytes (rate = busbw, GB/s); status `skipped` with the reason when the
  *   program is not built or fails
  */
-export async function runGlooPeer(o: {
-  worldSize: number;
-  minBytes: number;
-  maxBytes: number;
-  stepFactor: number;
-  iters: number;
-  warmup: number;
-  checkExchange?: boolean;
-  timeoutMs?: number;
-}): Promise<PeerRun<number>> {
+export async function runGlooPeer(o: SweepOptions & { checkExchange?: boolean }): Promise<PeerRun<number>> {
   const found = await ensureNativePeer('tpkit_bench_gloo');
   if ('reason' in found) return skipped(found.reason);
   const exe = found.path;

@@ -8,7 +8,7 @@
 import path from 'node:path';
 import { packageRoot } from '../../lib/native';
 import type { PeerCell, PeerStatus } from '../schema';
-import { commandLine, lastLine, runPeerProcess } from './common';
+import { commandLine, lastLine, runPeerProcess, type SweepOptions } from './common';
 import { shapeKey, type GemmShape, type PeerRun } from './native';
 
 /** The peer script (shipped in the source tree, not compiled). */
@@ -53,17 +53,7 @@ async function runScript(args: string[], env: NodeJS.ProcessEnv, timeoutMs?: num
  *
  * @returns cells keyed by size in bytes (rate = busbw, GB/s)
  */
-export async function runTorchAllReducePeer(o: {
-  worldSize: number;
-  minBytes: number;
-  maxBytes: number;
-  stepFactor: number;
-  iters: number;
-  warmup: number;
-  threads: number;
-  env?: NodeJS.ProcessEnv;
-  timeoutMs?: number;
-}): Promise<PeerRun<number>> {
+export async function runTorchAllReducePeer(o: SweepOptions & { threads: number; env?: NodeJS.ProcessEnv }): Promise<PeerRun<number>> {
   const args = ['allreduce', '--world-size', String(o.worldSize), '-b', String(o.minBytes), '-e', String(o.maxBytes), '-f', String(o.stepFactor), '-n', String(o.iters), '-w', String(o.warmup), '--threads', String(o.threads)];
   const r = await runScript(args, o.env ?? process.env, o.timeoutMs);
   if ('error' in r) return skipped(r.error!, r.command);
