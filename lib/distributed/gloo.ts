@@ -26,7 +26,8 @@ async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }>
 
 /** A tensor of `t`'s dtype/device holding `values`. */
 function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
-  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor.from(values, shape);
+  // Host float32: the received buffer becomes the tensor's storage (no copy).
+  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(new HostStorage('float32', values), shape);
   return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
 }
 
