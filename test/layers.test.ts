@@ -7,6 +7,7 @@ import test from 'ava';
 import { narrowRef, rand, randInt, maxAbs, maxAbsDiff } from './helpers/reference';
 import { assertRanksOk, runRanks, sharedRun } from './helpers/run_ranks';
 import type { Settled } from './helpers/run_ranks';
+import { cudaStatus } from '../lib/native/cuda';
 
 type Vals = { shape: number[]; values: number[] };
 type Result = Record<string, unknown> & { tp: number; rank: number };
@@ -34,11 +35,20 @@ function close(t: import('ava').ExecutionContext, kind: string, got: Vals, ref: 
   }
 }
 
+// Every case runs on the host; on a GPU machine also on cuda tensors, the ranks sharing GPU 0 through gloo.
+const gpu = cudaStatus();
+const DEVICES = gpu.cuda ? ['cpu', 'cuda:0'] : ['cpu'];
+if (!gpu.cuda) test.skip(`layers on cuda tensors: no GPU visible (${gpu.reason ?? 'unknown'})`, () => {});
+
+for (const device of DEVICES) {
+const on = device === 'cpu' ? '' : ` on ${device}`;
 const runs = new Map<number, () => Promise<import('./helpers/run_ranks').RanksOutcome<Result>>>();
-for (const W of [1, 2, 4]) runs.set(W, sharedRun(() => runRanks<Result>(W, 'dist_layers', 'linear', { timeoutMs: 90_000 })));
+for (const W of [1, 2, 4]) {
+  runs.set(W, sharedRun(() => runRanks<Result>(W, 'dist_layers', 'linear', { timeoutMs: 90_000, env: { TPKIT_TEST_DEVICE: device } })));
+}
 
 for (const W of [1, 2, 4]) {
-  test(`linear layers at TP ${W} match the full-matrix reference (int: bit-identical, float: 1e-5)`, async (t) => {
+  test(`linear layers${on} at TP ${W} match the full-matrix reference (int: bit-identical, float: 1e-5)`, async (t) => {
     const out = await runs.get(W)!();
     assertRanksOk(t, out);
     const tp = W;
@@ -72,7 +82,7 @@ for (const W of [1, 2, 4]) {
     }
   });
 
-  test(`loadWeight keeps this rank's shard at TP ${W} (column rows, row columns, merged and QKV parts, file reads)`, async (t) => {
+  test(`loadWeight keeps this rank's shard${on} at TP ${W} (column rows, row columns, merged and QKV parts, file reads)`, async (t) => {
     const out = await runs.get(W)!();
     assertRanksOk(t, out);
     const tp = W;
@@ -133,7 +143,7 @@ for (const W of [1, 2, 4]) {
     }
   });
 
-  test(`RowParallelLinear adds its bias exactly once, skipBiasAdd and option errors at TP ${W}`, async (t) => {
+  test(`RowParallelLinear adds its bias exactly once, skipBiasAdd and option errors${on} at TP ${W}`, async (t) => {
     const out = await runs.get(W)!();
     assertRanksOk(t, out);
     const OUT = 17 * W;
@@ -155,7 +165,7 @@ for (const W of [1, 2, 4]) {
     }
   });
 
-  test(`VocabParallelEmbedding at TP ${W} matches a full-table lookup`, async (t) => {
+  test(`VocabParallelEmbedding${on} at TP ${W} matches a full-table lookup`, async (t) => {
     const out = await runs.get(W)!();
     assertRanksOk(t, out);
     const ids = [0, 99, 64, 63, 31, 32, 5, 97];
@@ -171,4 +181,5 @@ for (const W of [1, 2, 4]) {
       if (!bad.ok) t.is(bad.error.message, 'Expected token id in [0, 100) for ids[0] but received 100');
     }
   });
+}
 }
