@@ -9,6 +9,7 @@ import test from 'ava';
 
 import { catRef, narrowRef, numel, arange } from './helpers/reference';
 import { assertRanksOk, runRanks, sharedRun, type RanksOutcome, type Settled } from './helpers/run_ranks';
+import { cudaStatus } from '../lib/native/cuda';
 
 const WORLD_SIZES = [1, 2, 4] as const;
 const LAUNCH_TIMEOUT_MS = 30_000;
@@ -45,9 +46,16 @@ interface AllResult {
   callCounts: Record<string, number>;
 }
 
+// Every case runs on host tensors; on a GPU machine also on cuda tensors, staged through the host by gloo.
+const gpu = cudaStatus();
+const DEVICES = gpu.cuda ? ['cpu', 'cuda:0'] : ['cpu'];
+if (!gpu.cuda) test.skip(`collectives on cuda tensors: no GPU visible (${gpu.reason ?? 'unknown'})`, () => {});
+
+for (const device of DEVICES) {
+const D = device === 'cpu' ? '' : ` on ${device}`;
 const runs = new Map<number, () => Promise<RanksOutcome<AllResult>>>();
 for (const W of WORLD_SIZES) {
-  runs.set(W, sharedRun(() => runRanks<AllResult>(W, 'dist_collectives', 'all', { timeoutMs: LAUNCH_TIMEOUT_MS })));
+  runs.set(W, sharedRun(() => runRanks<AllResult>(W, 'dist_collectives', 'all', { timeoutMs: LAUNCH_TIMEOUT_MS, env: { TPKIT_TEST_DEVICE: device } })));
 }
 
 /** The launch for `W` ranks; fails the test (with the ranks' errors) unless every rank reported. */
@@ -73,7 +81,7 @@ const REDUCE: Record<string, (W: number, x: number) => number> = {
 };
 
 for (const W of WORLD_SIZES) {
-  test(`world ${W}: every rank joins with its rank, size and the gloo backend`, async (t) => {
+  test(`world ${W}${D}: every rank joins with its rank, size and the gloo backend`, async (t) => {
     const res = await results(t, W);
     res.forEach((r, i) => {
       t.is(r.rank, i);
@@ -84,7 +92,7 @@ for (const W of WORLD_SIZES) {
   });
 
   for (const op of Object.keys(REDUCE)) {
-    test(`world ${W}: allReduce ${op} in place on [2, 3]`, async (t) => {
+    test(`world ${W}${D}: allReduce ${op} in place on [2, 3]`, async (t) => {
       const expected = arange(6).map((x) => REDUCE[op]!(W, x));
       for (const r of await results(t, W)) {
         t.deepEqual(r.allReduce[op]!.shape, [2, 3]);
@@ -95,7 +103,7 @@ for (const W of WORLD_SIZES) {
   }
 
   for (const dim of [0, 1, 2]) {
-    test(`world ${W}: allGather of [2, 3, 4] along dim ${dim}`, async (t) => {
+    test(`world ${W}${D}: allGather of [2, 3, 4] along dim ${dim}`, async (t) => {
       const shape = [2, 3, 4];
       const parts = Array.from({ length: W }, (_, r) => arange(24, r + 1));
       const expected = catRef(parts, shape, dim);
@@ -108,7 +116,7 @@ for (const W of WORLD_SIZES) {
     });
   }
 
-  test(`world ${W}: allGather defaults to the last dim (and dim −1 equals dim 2)`, async (t) => {
+  test(`world ${W}${D}: allGather defaults to the last dim (and dim −1 equals dim 2)`, async (t) => {
     const parts = Array.from({ length: W }, (_, r) => arange(6, r + 1));
     for (const r of await results(t, W)) {
       t.deepEqual(r.allGather.default!.shape, [2, 3 * W]);
@@ -119,7 +127,7 @@ for (const W of WORLD_SIZES) {
 
   for (const dim of [0, 1]) {
     for (const op of ['sum', 'max', 'avg']) {
-      test(`world ${W}: reduceScatter ${op} of [4, 8, 3] along dim ${dim}`, async (t) => {
+      test(`world ${W}${D}: reduceScatter ${op} of [4, 8, 3] along dim ${dim}`, async (t) => {
         const shape = [4, 8, 3];
         const reduced = arange(numel(shape)).map((x) => REDUCE[op]!(W, x));
         const len = shape[dim]! / W;
@@ -134,14 +142,14 @@ for (const W of WORLD_SIZES) {
     }
   }
 
-  test(`world ${W}: broadcast from every root`, async (t) => {
+  test(`world ${W}${D}: broadcast from every root`, async (t) => {
     for (const r of await results(t, W)) {
       t.is(r.broadcast.length, W);
       r.broadcast.forEach((got, root) => t.deepEqual(got, arange(5, root + 1), `rank ${r.rank}, root ${root}`));
     }
   });
 
-  test(`world ${W}: allToAll sends chunk j to rank j`, async (t) => {
+  test(`world ${W}${D}: allToAll sends chunk j to rank j`, async (t) => {
     for (const r of await results(t, W)) {
       t.deepEqual(r.allToAll.shape, [2 * W, 3]);
       const expected: number[] = [];
@@ -150,13 +158,13 @@ for (const W of WORLD_SIZES) {
     }
   });
 
-  test(`world ${W}: barrier releases nobody before the last rank arrived`, async (t) => {
+  test(`world ${W}${D}: barrier releases nobody before the last rank arrived`, async (t) => {
     const res = await results(t, W);
     const lastEnter = Math.max(...res.map((r) => r.barrier.enter));
     for (const r of res) t.true(r.barrier.leave >= lastEnter, `rank ${r.rank} left at ${r.barrier.leave}, last arrival ${lastEnter}`);
   });
 
-  test(`world ${W}: bfloat16 / float16 tensors go through gloo staged and keep their dtype`, async (t) => {
+  test(`world ${W}${D}: bfloat16 / float16 tensors go through gloo staged and keep their dtype`, async (t) => {
     for (const r of await results(t, W)) {
       const lp = r.lowPrecision;
       t.is(lp.allReduce!.dtype, 'bfloat16');
@@ -171,7 +179,7 @@ for (const W of WORLD_SIZES) {
     }
   });
 
-  test(`world ${W}: callCounts count each kind of operation`, async (t) => {
+  test(`world ${W}${D}: callCounts count each kind of operation`, async (t) => {
     for (const r of await results(t, W)) {
       t.is(r.callCounts.allReduce, 5 + 1 + 1);
       t.is(r.callCounts.allGather, 4 + 1 + 1);
@@ -185,14 +193,14 @@ for (const W of WORLD_SIZES) {
   });
 }
 
-test('world 1: a rank cannot send to itself', async (t) => {
+test(`world 1${D}: a rank cannot send to itself`, async (t) => {
   const [r] = await results(t, 1);
   t.like(r!.selfSend!, { ok: false, error: { isRangeError: true, message: 'rank 0 cannot send to itself (dst 0)' } });
   t.deepEqual(r!.ring, []);
 });
 
 for (const W of [2, 4] as const) {
-  test(`world ${W}: send/recv around a ring, three rounds in order`, async (t) => {
+  test(`world ${W}${D}: send/recv around a ring, three rounds in order`, async (t) => {
     for (const r of await results(t, W)) {
       const left = (r.rank - 1 + W) % W;
       t.deepEqual(r.ring, [0, 1, 2].map((round) => arange(5, 1, left * 10 + round * 100)), `rank ${r.rank}`);
@@ -200,7 +208,7 @@ for (const W of [2, 4] as const) {
   });
 }
 
-test('world 4: newGroup([0, 2]) reduces over its members; non-members get rank −1 and their ops throw', async (t) => {
+test(`world 4${D}: newGroup([0, 2]) reduces over its members; non-members get rank −1 and their ops throw`, async (t) => {
   const res = await results(t, 4);
   for (const r of res) {
     const sub = r.subgroup;
@@ -223,7 +231,7 @@ test('world 4: newGroup([0, 2]) reduces over its members; non-members get rank �
   }
 });
 
-test('world 2: a one-rank subgroup is the identity for its member, and throws for the other', async (t) => {
+test(`world 2${D}: a one-rank subgroup is the identity for its member, and throws for the other`, async (t) => {
   const [r0, r1] = await results(t, 2);
   t.is(r1!.subgroup.rank, 0);
   t.deepEqual(r1!.subgroup.allReduce, arange(4, 2));
@@ -236,12 +244,14 @@ test('world 2: a one-rank subgroup is the identity for its member, and throws fo
   for (const r of [r0!, r1!]) t.deepEqual(r.subgroup.worldAfter, arange(3, 3));
 });
 
-test('world 1: newGroup([0]) is the identity', async (t) => {
+test(`world 1${D}: newGroup([0]) is the identity`, async (t) => {
   const [r] = await results(t, 1);
   t.is(r!.subgroup.rank, 0);
   t.deepEqual(r!.subgroup.allReduce, arange(4));
   t.deepEqual(r!.subgroup.worldAfter, arange(3));
 });
+
+}
 
 test('world 2: a timer keeps firing during a 64 MiB all-reduce (the event loop is not blocked)', async (t) => {
   const out = await runRanks<{ ticks: number; ms: number; probes: number[] }>(2, 'dist_collectives', 'eventloop', {
