@@ -142,9 +142,12 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     worldSize: e.worldSize,
     backend: backend as 'gloo' | 'nccl',
     check,
-    async createCommunicator(rankInGroup, size, t): Promise<Communicator> {
-      if (nccl) return new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t);
-      return new GlooCommunicator(rankInGroup, size, hostname, t, check);
+    async connectCommunicator(rankInGroup, size, t, groupName): Promise<Communicator> {
+      const c: Communicator = nccl
+        ? new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t)
+        : new GlooCommunicator(rankInGroup, size, hostname, t, check);
+      await c.connect(prefixedStore(store, groupName, t));
+      return c;
     },
   };
   if (nccl) {
@@ -152,11 +155,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     rt.splitParent = async (parent, members) => (parent as InstanceType<typeof mod.NcclCommunicator>).split(members);
   }
   const ranks = Array.from({ length: e.worldSize }, (_, i) => i);
-  const world = new ProcessGroup(rt, ranks, name, timeoutMs, async () => {
-    const c = await rt.createCommunicator(e.rank, e.worldSize, timeoutMs, null, ranks);
-    await c.connect(prefixedStore(store, name, timeoutMs));
-    return c;
-  });
+  const world = new ProcessGroup(rt, ranks, name, timeoutMs, () => rt.connectCommunicator(e.rank, e.worldSize, timeoutMs, name));
   try {
     await world.ready;
   } catch (err) {

@@ -39,8 +39,11 @@ export interface GroupRuntime {
   worldSize: number;
   backend: 'gloo' | 'nccl';
   check: boolean;
-  /** Makes this rank's communicator for a new group (not for non-members). */
-  createCommunicator(rankInGroup: number, size: number, timeoutMs: number, parent: Communicator | null, ranks: number[]): Promise<Communicator>;
+  /**
+   * Makes this rank's communicator for a new group (members only) and connects it through the store keys of
+   * group `name`.
+   */
+  connectCommunicator(rankInGroup: number, size: number, timeoutMs: number, name: string): Promise<Communicator>;
   /** For NCCL's ncclCommSplit: every rank of the parent takes part, members or not. */
   splitParent?: (parent: Communicator, memberRanks: number[]) => Promise<Communicator | null>;
 }
@@ -178,10 +181,7 @@ export class ProcessGroup {
       connect = () => p;
     } else if (member && ranks.length > 1) {
       const myRank = ranks.indexOf(rt.globalRank);
-      connect = () => rt.createCommunicator(myRank, ranks.length, this.timeoutMs, null, ranks).then(async (c) => {
-        await c.connect(prefixedStore(rt.store, name, this.timeoutMs));
-        return c;
-      });
+      connect = () => rt.connectCommunicator(myRank, ranks.length, this.timeoutMs, name);
     }
     const g = new ProcessGroup(rt, ranks.slice(), name, this.timeoutMs, connect);
     this.#subgroups.push(g);
