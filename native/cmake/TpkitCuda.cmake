@@ -42,6 +42,9 @@ else()
   find_package(NCCL QUIET)
   if(NOT NCCL_FOUND)
     list(APPEND _tpkit_cuda_missing "NCCL (set NCCL_ROOT to a folder with include/nccl.h and lib/libnccl.so*, e.g. the nvidia/nccl folder of the nvidia-nccl-cu13 wheel)")
+  elseif(NOT NCCL_VERSION STREQUAL "" AND NCCL_VERSION VERSION_LESS "2.18")
+    # ncclCommSplit (2.18), non-blocking init / ncclCommFinalize (2.14), ncclGetLastError (2.13).
+    list(APPEND _tpkit_cuda_missing "an NCCL >= 2.18 (found NCCL ${NCCL_VERSION} at ${NCCL_LIBRARY})")
   endif()
 endif()
 
@@ -68,6 +71,19 @@ set(TPKIT_CUDA_SOURCES
   native/core/async_work.cc  # LambdaWorker / MakeTpkitError / argument guards (no OpenBLAS or Gloo in it)
 )
 
+# ncclAlltoAll is recent (the NCCL 2.27 wheels lack it); without it all-to-all is a group of ncclSend/ncclRecv.
+# Compile-only probe (no link), redone at every configure so that a different NCCL_ROOT is noticed.
+include(CheckCXXSourceCompiles)
+set(_tpkit_saved_try_type "${CMAKE_TRY_COMPILE_TARGET_TYPE}")
+set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
+set(CMAKE_REQUIRED_INCLUDES ${NCCL_INCLUDE_DIR} ${CUDAToolkit_INCLUDE_DIRS})
+set(CMAKE_REQUIRED_QUIET ON)
+unset(TPKIT_NCCL_HAS_ALLTOALL CACHE)
+check_cxx_source_compiles("#include <nccl.h>\nint main() { return ncclAlltoAll != nullptr ? 0 : 1; }" TPKIT_NCCL_HAS_ALLTOALL)
+unset(CMAKE_REQUIRED_INCLUDES)
+unset(CMAKE_REQUIRED_QUIET)
+set(CMAKE_TRY_COMPILE_TARGET_TYPE "${_tpkit_saved_try_type}")
+
 set(_tpkit_cuda_rpath ${CUBLAS_LIBRARY_DIRS} ${NCCL_LIBRARY_DIRS})
 list(REMOVE_DUPLICATES _tpkit_cuda_rpath)
 
@@ -89,6 +105,9 @@ target_include_directories(tpkit_cuda PRIVATE
   ${CUBLAS_INCLUDE_DIR} ${NCCL_INCLUDE_DIR} ${CMAKE_JS_INC} ${NODE_ADDON_API_DIR} ${CUDAToolkit_INCLUDE_DIRS})
 target_compile_definitions(tpkit_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:NAPI_VERSION=8 NODE_ADDON_API_CPP_EXCEPTIONS NODE_ADDON_API_CPP_EXCEPTIONS_ALL NODE_ADDON_API_DISABLE_DEPRECATED>)
+if(TPKIT_NCCL_HAS_ALLTOALL)
+  target_compile_definitions(tpkit_cuda PRIVATE TPKIT_NCCL_HAS_ALLTOALL=1)
+endif()
 target_compile_options(tpkit_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CXX>:-O3 -Wall -Wextra -Wno-unused-parameter>
   $<$<COMPILE_LANGUAGE:CUDA>:-O3>)
@@ -100,4 +119,4 @@ set(TPKIT_CUDA_BUILT ON CACHE INTERNAL "whether tpkit_cuda.node is built")
 set(TPKIT_CUDA_SKIP_REASON "" CACHE INTERNAL "why tpkit_cuda.node is not built")
 message(STATUS "tpkit: building the CUDA addon (tpkit_cuda.node): CUDA ${CUDAToolkit_VERSION}, "
                "cuBLAS ${CUBLAS_VERSION} (${CUBLAS_LIBRARY}), NCCL ${NCCL_VERSION} (${NCCL_LIBRARY}), "
-               "architectures ${CMAKE_CUDA_ARCHITECTURES}")
+               "architectures ${CMAKE_CUDA_ARCHITECTURES}, ncclAlltoAll ${TPKIT_NCCL_HAS_ALLTOALL}")

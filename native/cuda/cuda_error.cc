@@ -42,17 +42,23 @@ std::string CublasStatusCode(cublasStatus_t s) {
   return "CUBLAS_STATUS_" + std::to_string(static_cast<int>(s));
 }
 
+static_assert(ncclSuccess == 0 && ncclUnhandledCudaError == 1 && ncclSystemError == 2 && ncclInternalError == 3 &&
+                  ncclInvalidArgument == 4 && ncclInvalidUsage == 5 && ncclRemoteError == 6 && ncclInProgress == 7,
+              "NcclResultCode maps ncclResult_t by value");
+
 std::string NcclResultCode(ncclResult_t r) {
-  switch (r) {
-    case ncclSuccess: return "NCCL_SUCCESS";
-    case ncclUnhandledCudaError: return "NCCL_UNHANDLED_CUDA_ERROR";
-    case ncclSystemError: return "NCCL_SYSTEM_ERROR";
-    case ncclInternalError: return "NCCL_INTERNAL_ERROR";
-    case ncclInvalidArgument: return "NCCL_INVALID_ARGUMENT";
-    case ncclInvalidUsage: return "NCCL_INVALID_USAGE";
-    case ncclRemoteError: return "NCCL_REMOTE_ERROR";
-    case ncclInProgress: return "NCCL_IN_PROGRESS";
-    case ncclTimeout: return "NCCL_TIMEOUT";
+  // By value: ncclTimeout (8) is not declared by NCCL headers before it was added (2.27 stops at 7), and the
+  // addon must build against those too.
+  switch (static_cast<int>(r)) {
+    case 0: return "NCCL_SUCCESS";
+    case 1: return "NCCL_UNHANDLED_CUDA_ERROR";
+    case 2: return "NCCL_SYSTEM_ERROR";
+    case 3: return "NCCL_INTERNAL_ERROR";
+    case 4: return "NCCL_INVALID_ARGUMENT";
+    case 5: return "NCCL_INVALID_USAGE";
+    case 6: return "NCCL_REMOTE_ERROR";
+    case 7: return "NCCL_IN_PROGRESS";
+    case 8: return "NCCL_TIMEOUT";
     default: return "NCCL_ERROR_" + std::to_string(static_cast<int>(r));
   }
 }

@@ -54,6 +54,14 @@ ncclRedOp_t NcclRedOp(int64_t redop) {
   }
 }
 
+// ncclTimeout (= 8) is missing from older headers (NCCL 2.27 ends the enum at ncclInProgress = 7), so it is
+// compared by value: the build must work with the NCCL wheels PyTorch installs, not only the newest.
+constexpr int kNcclTimeoutValue = 8;
+bool IsNcclTimeout(ncclResult_t r) { return static_cast<int>(r) == kNcclTimeoutValue; }
+
+// NCCL_<NAME>, except that NCCL's own timeout is reported as TIMEOUT like ours.
+std::string NcclErrorCode(ncclResult_t r) { return IsNcclTimeout(r) ? "TIMEOUT" : NcclResultCode(r); }
+
 }  // namespace
 
 struct NcclJob {
@@ -116,16 +124,21 @@ struct NcclState {
     return "; last NCCL error: " + std::string(last);
   }
 
-  // Polls the communicator's state until it leaves ncclInProgress. Returns that state, or ncclTimeout once
-  // `deadline` passed (or the environment is being torn down).
-  ncclResult_t WaitReady(ncclComm_t c, Clock::time_point deadline) {
+  // Polls the communicator's state until it leaves ncclInProgress and returns that state. When `deadline`
+  // passes first (or the environment is being torn down) it sets `expired` and returns ncclInProgress (a flag
+  // of ours rather than ncclTimeout, which older NCCL headers lack, see kNcclTimeoutValue).
+  ncclResult_t WaitReady(ncclComm_t c, Clock::time_point deadline, bool& expired) {
+    expired = false;
     us backoff = kMinBackoff;
     for (;;) {
       ncclResult_t st = ncclSuccess;
       const ncclResult_t r = ncclCommGetAsyncError(c, &st);
       if (r != ncclSuccess) return r;
       if (st != ncclInProgress) return st;
-      if (Clock::now() >= deadline || Stopping()) return ncclTimeout;
+      if (Clock::now() >= deadline || Stopping()) {
+        expired = true;
+        return ncclInProgress;
+      }
       std::this_thread::sleep_for(backoff);
       backoff = std::min(backoff * 2, kMaxBackoff);
     }
@@ -142,15 +155,16 @@ struct NcclState {
   // Settles a call's result: waits out ncclInProgress, and on failure aborts the communicator and throws
   // TIMEOUT / NCCL_<NAME> naming the rank and the op.
   void Check(ncclResult_t r, const NcclJob& job) {
-    if (r == ncclInProgress) r = WaitReady(comm, job.deadline);
+    bool expired = false;
+    if (r == ncclInProgress) r = WaitReady(comm, job.deadline, expired);
     if (r == ncclSuccess) return;
     const std::string last = comm != nullptr ? LastError(comm) : "";
     Abort();
-    if (r == ncclTimeout) {
+    if (expired) {
       throw CodedError{"TIMEOUT", job.op + " on " + Who() + " could not be enqueued within " +
                                       std::to_string(job.timeout.count()) + " ms; the communicator was aborted"};
     }
-    throw CodedError{NcclResultCode(r), job.op + " on " + Who() + " failed: " + ncclGetErrorString(r) + last};
+    throw CodedError{NcclErrorCode(r), job.op + " on " + Who() + " failed: " + ncclGetErrorString(r) + last};
   }
 
   void Adopt(ncclComm_t c) {
@@ -168,14 +182,19 @@ struct NcclState {
     tsfn.BlockingCall(job);
   }
 
+  // Rejects every op in flight with `code`. The head op gets `firstMessage` when it is the one that failed;
+  // the others (or all of them, when firstMessage is empty) say that the communicator was aborted under them.
+  // Their events may still complete afterwards (an aborted NCCL kernel exits early), so they must never be
+  // reported as successful once the communicator was aborted.
   void FailInflight(const std::string& code, const std::string& firstMessage) {
-    bool first = true;
+    bool first = !firstMessage.empty();
     while (!inflight.empty()) {
       NcclJob* job = inflight.front();
       inflight.pop_front();
       job->code = code;
       job->message = first ? firstMessage
-                           : job->op + " on " + Who() + " was aborted after an earlier operation failed (" + code + ")";
+                           : job->op + " on " + Who() + " was aborted after an operation of the communicator failed (" +
+                                 code + "); its result is undefined";
       first = false;
       Complete(job);
     }
@@ -211,12 +230,33 @@ struct NcclState {
       job->code = "NATIVE_ERROR";
       job->message = job->op + " on " + Who() + ": " + e.what();
     }
+    // A failure that aborted the communicator (Check, a failed split, an event that could not be recorded)
+    // also ends the ops enqueued before it: their kernels are stopped by the abort, so their events complete
+    // without the data having arrived. Settle them first, in issue order, as failed.
+    if (broken && !inflight.empty()) FailInflight(job->code, "");
     Complete(job);
   }
 
   // Completes finished ops in order (events of one stream complete in order); fails them all on an async
-  // error, a device error or the head op's timeout.
+  // error, a device error or the head op's timeout. The async error is read BEFORE the events: when a peer
+  // dies or the network fails, NCCL stops the kernels, whose events then complete although the data never
+  // arrived — such an op must reject, not resolve with garbage.
   void PollInflight() {
+    if (inflight.empty()) return;
+    if (comm == nullptr) {  // aborted without failing them (defensive: every Abort path fails them)
+      FailInflight("GROUP_BROKEN", "");
+      return;
+    }
+    ncclResult_t st = ncclSuccess;
+    if (ncclCommGetAsyncError(comm, &st) != ncclSuccess) st = ncclInternalError;
+    if (st != ncclSuccess && st != ncclInProgress) {
+      const NcclJob* head = inflight.front();
+      const std::string detail = std::string(ncclGetErrorString(st)) + LastError(comm);
+      const std::string msg = head->op + " on " + Who() + " failed: " + detail;
+      Abort();
+      FailInflight(NcclErrorCode(st), msg);
+      return;
+    }
     while (!inflight.empty()) {
       NcclJob* job = inflight.front();
       const cudaError_t q = cudaEventQuery(job->event);
@@ -229,14 +269,6 @@ struct NcclState {
         cudaGetLastError();
         Abort();
         FailInflight(CudaErrorCode(q), job->op + " on " + Who() + " failed on the device: " + CudaErrorText(q));
-        return;
-      }
-      ncclResult_t st = ncclSuccess;
-      if (comm != nullptr && ncclCommGetAsyncError(comm, &st) != ncclSuccess) st = ncclInternalError;
-      if (st != ncclSuccess && st != ncclInProgress) {
-        const std::string detail = std::string(ncclGetErrorString(st)) + (comm != nullptr ? LastError(comm) : "");
-        Abort();
-        FailInflight(st == ncclTimeout ? "TIMEOUT" : NcclResultCode(st), job->op + " on " + Who() + " failed: " + detail);
         return;
       }
       if (Clock::now() >= job->deadline) {
@@ -260,7 +292,8 @@ struct NcclState {
       } else {
         // Graceful: flush (ncclCommFinalize, non-blocking → poll), then free; abort when that fails or hangs.
         ncclResult_t r = ncclCommFinalize(comm);
-        if (r == ncclInProgress || r == ncclSuccess) r = WaitReady(comm, Clock::now() + timeout);
+        bool expired = false;
+        if (r == ncclInProgress || r == ncclSuccess) r = WaitReady(comm, Clock::now() + timeout, expired);
         if (r == ncclSuccess) {
           ncclCommDestroy(comm);
         } else {
@@ -270,7 +303,7 @@ struct NcclState {
       comm = nullptr;
     }
     if (scratch != nullptr) {
-      cudaFree(scratch);
+      dev->Free(scratch);  // stream-ordered: no device-wide synchronisation (cudaFree) on this thread
       scratch = nullptr;
     }
   }
@@ -457,15 +490,16 @@ Napi::Value NcclComm::Connect(const Napi::CallbackInfo& info) {
     cfg.blocking = 0;
     ncclComm_t c = nullptr;
     ncclResult_t r = ncclCommInitRankConfig(&c, st.size, id, st.rank, &cfg);
-    if ((r == ncclSuccess || r == ncclInProgress) && c != nullptr) r = st.WaitReady(c, j.deadline);
+    bool expired = false;
+    if ((r == ncclSuccess || r == ncclInProgress) && c != nullptr) r = st.WaitReady(c, j.deadline, expired);
     if (r != ncclSuccess) {
       const std::string last = c != nullptr ? NcclState::LastError(c) : "";
       if (c != nullptr) ncclCommAbort(c);
-      if (r == ncclTimeout) {
+      if (expired || IsNcclTimeout(r)) {
         throw CodedError{"TIMEOUT", "NCCL init of " + st.Who() + " did not complete within " +
                                         std::to_string(j.timeout.count()) + " ms (did every rank join?)"};
       }
-      throw CodedError{NcclResultCode(r), "NCCL init of " + st.Who() + " failed: " + ncclGetErrorString(r) + last};
+      throw CodedError{NcclErrorCode(r), "NCCL init of " + st.Who() + " failed: " + ncclGetErrorString(r) + last};
     }
     st.Adopt(c);
   };
@@ -565,8 +599,25 @@ Napi::Value NcclComm::AllToAll(const Napi::CallbackInfo& info) {
   void* po = out->data();
   const size_t chunk = in->numel() / static_cast<size_t>(s->size);
   const ncclDataType_t t = NcclType(in->dtype());
-  job->run = [pi, po, chunk, t](NcclState& st, NcclJob& j) {
+  const size_t chunkBytes = chunk * ItemSize(in->dtype());
+  job->run = [pi, po, chunk, chunkBytes, t](NcclState& st, NcclJob& j) {
+#if defined(TPKIT_NCCL_HAS_ALLTOALL)
+    (void)chunkBytes;
     st.Check(ncclAlltoAll(pi, po, chunk, t, st.comm, st.dev->stream), j);
+#else
+    // NCCL without ncclAlltoAll (it is recent; 2.27 lacks it, see TpkitCuda.cmake): one send and one receive
+    // per peer, self included, fused in one group so that they progress together.
+    const ncclResult_t started = ncclGroupStart();
+    if (started != ncclSuccess) st.Check(started, j);
+    ncclResult_t queued = ncclSuccess;
+    for (int p = 0; p < st.size && queued == ncclSuccess; p++) {
+      const size_t off = static_cast<size_t>(p) * chunkBytes;
+      queued = ncclSend(static_cast<const char*>(pi) + off, chunk, t, p, st.comm, st.dev->stream);
+      if (queued == ncclSuccess) queued = ncclRecv(static_cast<char*>(po) + off, chunk, t, p, st.comm, st.dev->stream);
+    }
+    st.Check(ncclGroupEnd(), j);  // always closes the group, even after a failed send/recv
+    st.Check(queued, j);
+#endif
   };
   return Enqueue(env, s, job);
 }
@@ -577,15 +628,9 @@ Napi::Value NcclComm::Barrier(const Napi::CallbackInfo& info) {
   auto s = state_;
   auto* job = NewJob(env, "barrier", TimeoutArg(info, 0, *s), {});
   job->run = [](NcclState& st, NcclJob& j) {
-    if (st.scratch == nullptr) {
-      void* p = nullptr;
-      const cudaError_t e = cudaMalloc(&p, sizeof(float));
-      if (e != cudaSuccess) {
-        cudaGetLastError();
-        throw CodedError{CudaErrorCode(e), "barrier on " + st.Who() + ": cudaMalloc failed: " + CudaErrorText(e)};
-      }
-      st.scratch = static_cast<float*>(p);
-    }
+    // One float of the device's pool, allocated on first use (stream-ordered, so its later free needs no
+    // device-wide synchronisation); its value does not matter.
+    if (st.scratch == nullptr) st.scratch = static_cast<float*>(st.dev->Alloc(sizeof(float)));
     st.Check(ncclAllReduce(st.scratch, st.scratch, 1, ncclFloat32, ncclSum, st.comm, st.dev->stream), j);
   };
   return Enqueue(env, s, job);
@@ -643,20 +688,25 @@ Napi::Value NcclComm::Split(const Napi::CallbackInfo& info) {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
     ncclComm_t nc = nullptr;
+    // With a non-blocking parent, NCCL writes the child into `nc` from its own thread when the split
+    // completes (the parent's state is ncclInProgress until then), so `nc` is read only after that.
     ncclResult_t r = ncclCommSplit(st.comm, color, key, &nc, &cfg);
+    bool expired = false;
     if (r == ncclSuccess || r == ncclInProgress) {
-      r = st.WaitReady(st.comm, j.deadline);
-      if (r == ncclSuccess && nc != nullptr) r = st.WaitReady(nc, j.deadline);
+      r = st.WaitReady(st.comm, j.deadline, expired);
+      if (r == ncclSuccess && nc != nullptr) r = st.WaitReady(nc, j.deadline, expired);
     }
     if (r != ncclSuccess) {
       const std::string last = NcclState::LastError(st.comm);
-      if (nc != nullptr) ncclCommAbort(nc);
+      // Abort the parent first: that ends NCCL's split job (it runs under the parent), so `nc` is read after its
+      // last write.
       st.Abort();
-      if (r == ncclTimeout) {
+      if (nc != nullptr) ncclCommAbort(nc);
+      if (expired || IsNcclTimeout(r)) {
         throw CodedError{"TIMEOUT", "split on " + st.Who() + " did not complete within " + std::to_string(j.timeout.count()) +
                                         " ms (did every rank of the parent call it?); the communicator was aborted"};
       }
-      throw CodedError{NcclResultCode(r), "split on " + st.Who() + " failed: " + ncclGetErrorString(r) + last};
+      throw CodedError{NcclErrorCode(r), "split on " + st.Who() + " failed: " + ncclGetErrorString(r) + last};
     }
     if (!child) {
       if (nc != nullptr) ncclCommDestroy(nc);
