@@ -125,9 +125,16 @@ bool LtMatmul(DeviceContext& dev, cudaDataType_t t, cublasComputeType_t ct, cubl
   if (!entry.found) return false;
   const float alpha = 1.0f;
   const float beta = 0.0f;
-  CublasCheck(cublasLtMatmul(dev.lt, desc.get(), &alpha, X, lx.get(), Y, ly.get(), &beta, D, ld.get(), D, ld.get(),
-                             &entry.algo, dev.workspace, dev.workspaceBytes, dev.stream),
-              "cublasLtMatmul on " + dev.Name());
+  const cublasStatus_t s = cublasLtMatmul(dev.lt, desc.get(), &alpha, X, lx.get(), Y, ly.get(), &beta, D, ld.get(), D,
+                                          ld.get(), &entry.algo, dev.workspace, dev.workspaceBytes, dev.stream);
+  if (s == CUBLAS_STATUS_NOT_SUPPORTED) {
+    // A heuristic answer is no guarantee (cublasLt.h: "doesn't fully guarantee algo will run"): forget it and
+    // let the caller take the cublasGemmEx path, as for a shape without any algorithm.
+    std::lock_guard<std::mutex> lock(g_algoMu);
+    g_algos[key] = AlgoEntry{};
+    return false;
+  }
+  CublasCheck(s, "cublasLtMatmul on " + dev.Name());
   return true;
 }
 
@@ -167,16 +174,21 @@ void Gemm(DeviceContext& dev, int dtype, const void* A, const void* B, void* C, 
                                         std::to_string(K) + ", " + std::to_string(N) +
                                         "] exceeds cuBLAS's 32-bit dimensions and cuBLASLt has no algorithm for it"};
   }
+  // With a bias, C starts as the bias broadcast over the rows and the GEMM accumulates onto it (beta = 1):
+  // the sum is formed in float32 and rounded to the dtype once, exactly as the cuBLASLt BIAS epilogue does. (A
+  // bias-add after the GEMM would round a float16/bfloat16 result twice.)
   const float alpha = 1.0f;
-  const float beta = 0.0f;
+  const float beta = bias != nullptr ? 1.0f : 0.0f;
+  if (bias != nullptr) {
+    CudaCheck(cudaMemsetAsync(C, 0, static_cast<size_t>(M) * static_cast<size_t>(N) * item, dev.stream),
+              "cudaMemsetAsync on " + dev.Name());
+    CudaCheck(kernels::BiasAdd(C, bias, static_cast<size_t>(M), static_cast<size_t>(N), dtype, dev.stream),
+              "bias-add kernel on " + dev.Name());
+  }
   CublasCheck(cublasGemmEx(dev.blas, opX, opY, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha, B, t,
                            static_cast<int>(ldx), A, t, static_cast<int>(ldy), &beta, C, t, static_cast<int>(ldd), ct,
                            CUBLAS_GEMM_DEFAULT),
               "cublasGemmEx on " + dev.Name());
-  if (bias != nullptr) {
-    CudaCheck(kernels::BiasAdd(C, bias, static_cast<size_t>(M), static_cast<size_t>(N), dtype, dev.stream),
-              "bias-add kernel on " + dev.Name());
-  }
 }
 
 }  // namespace tpkit

@@ -5,8 +5,9 @@
 // cuBLAS is column-major, so the row-major product is computed as its transpose: Cᵀ = op(B)ᵀ·op(A)ᵀ, i.e. a
 // column-major GEMM with m = N, n = M and the operands swapped (the usual trick, see cuBLAS docs §2.1.1).
 // The bias is fused through the cuBLASLt epilogue CUBLASLT_EPILOGUE_BIAS (a vector of length m = N, one value
-// per output feature); when cuBLASLt has no algorithm for a shape, cublasGemmEx + the bias-add kernel run
-// instead. Enqueued on the device's stream; never synchronises.
+// per output feature); when cuBLASLt has no algorithm for a shape (or its algorithm turns out unsupported),
+// cublasGemmEx runs instead, accumulating onto C pre-filled with the broadcast bias (beta = 1) so that the
+// result is rounded once, as with the epilogue. Enqueued on the device's stream; never synchronises.
 #pragma once
 #include <cstdint>
 
