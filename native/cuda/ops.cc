@@ -187,10 +187,20 @@ Napi::Value CudaDownload(const Napi::CallbackInfo& info) {
     }
     EventPoller::For(env).Watch(env, device, ev, [deferred, block, n, device](Napi::Env env, cudaError_t status) {
       if (status == cudaSuccess) {
-        Napi::Float32Array out = Napi::Float32Array::New(env, n);
-        std::memcpy(out.Data(), block.data, n * sizeof(float));
+        // The result array can fail to allocate (a multi-GiB readback): reject then, or the Promise would
+        // never settle (the poller swallows exceptions) and the staging block would leak.
+        Napi::Value result;
+        try {
+          Napi::Float32Array out = Napi::Float32Array::New(env, n);
+          std::memcpy(out.Data(), block.data, n * sizeof(float));
+          result = out;
+        } catch (const Napi::Error& e) {
+          PinnedPool::Instance().Release(block, nullptr);
+          deferred.Reject(e.Value());
+          return;
+        }
         PinnedPool::Instance().Release(block, nullptr);
-        deferred.Resolve(out);
+        deferred.Resolve(result);
       } else {
         deferred.Reject(MakeTpkitError(env, CudaErrorCode(status),
                                        "reading back " + std::to_string(n) + " elements from cuda:" + std::to_string(device) +
