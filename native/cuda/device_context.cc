@@ -41,11 +41,26 @@ const DeviceCountResult& DeviceCount() {
 
 void DeviceContext::MakeCurrent() const { CudaCheck(cudaSetDevice(index), "cudaSetDevice(" + std::to_string(index) + ")"); }
 
+void DeviceContext::ReleaseCached() const {
+  // Never synchronises: only blocks whose frees the host has seen complete (the event poller and stream queries
+  // observe them) can go back. Errors are irrelevant here (the retry reports its own).
+  if (cudaMemPoolTrimTo(pool, 0) != cudaSuccess) cudaGetLastError();
+}
+
 void DeviceContext::EnsureBlas() {
   if (blas != nullptr && lt != nullptr) return;
   MakeCurrent();
   if (workspace == nullptr) {
-    CudaCheck(cudaMalloc(&workspace, kWorkspaceBytes), "cudaMalloc of the cuBLAS workspace on " + Name());
+    cudaError_t e = cudaMalloc(&workspace, kWorkspaceBytes);
+    if (e == cudaErrorMemoryAllocation) {
+      // The tensors' pool keeps freed blocks (release threshold at max), which plain cudaMalloc cannot use.
+      cudaGetLastError();
+      workspace = nullptr;
+      ReleaseCached();
+      e = cudaMalloc(&workspace, kWorkspaceBytes);
+    }
+    if (e != cudaSuccess) workspace = nullptr;
+    CudaCheck(e, "cudaMalloc of the cuBLAS workspace on " + Name());
     workspaceBytes = kWorkspaceBytes;
   }
   if (blas == nullptr) {
@@ -66,8 +81,16 @@ void* DeviceContext::Alloc(size_t bytes) {
   if (bytes == 0) return nullptr;
   MakeCurrent();
   void* p = nullptr;
-  CudaCheck(cudaMallocFromPoolAsync(&p, bytes, pool, stream),
-            "cudaMallocFromPoolAsync of " + std::to_string(bytes) + " bytes on " + Name());
+  cudaError_t e = cudaMallocFromPoolAsync(&p, bytes, pool, stream);
+  if (e == cudaErrorMemoryAllocation) {
+    // Freed blocks the pool keeps but cannot reuse for this size (fragmentation) go back to the driver first;
+    // one more try before reporting out of memory.
+    cudaGetLastError();
+    ReleaseCached();
+    p = nullptr;
+    e = cudaMallocFromPoolAsync(&p, bytes, pool, stream);
+  }
+  CudaCheck(e, "cudaMallocFromPoolAsync of " + std::to_string(bytes) + " bytes on " + Name());
   return p;
 }
 
@@ -95,6 +118,16 @@ DeviceContext& Device(int index) {
   ctx->index = index;
   ctx->MakeCurrent();
   CudaCheck(cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking), "cudaStreamCreate on " + ctx->Name());
+  // Until the context is published, a failure below releases what was created (the next call starts over).
+  struct Undo {
+    DeviceContext* c;
+    ~Undo() {
+      if (c == nullptr) return;
+      if (c->ownPool && c->pool != nullptr) cudaMemPoolDestroy(c->pool);
+      if (c->stream != nullptr) cudaStreamDestroy(c->stream);
+      cudaGetLastError();
+    }
+  } undo{ctx.get()};
 
   // A pool of our own, so that its "used" counter only counts tensors (memoryInfo); the default pool is the
   // fallback on devices without pool creation.
@@ -114,6 +147,7 @@ DeviceContext& Device(int index) {
   uint64_t threshold = std::numeric_limits<uint64_t>::max();
   CudaCheck(cudaMemPoolSetAttribute(ctx->pool, cudaMemPoolAttrReleaseThreshold, &threshold),
             "setting the release threshold of the memory pool of " + ctx->Name());
+  undo.c = nullptr;
   slot = std::move(ctx);
   return *slot;
 }

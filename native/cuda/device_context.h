@@ -37,6 +37,9 @@ struct DeviceContext {
   void* Alloc(size_t bytes);
   // Stream-ordered free; never throws (errors are sticky and show up on the next op).
   void Free(void* ptr) const;
+  // Returns the pool's idle blocks to the driver (cudaMemPoolTrimTo, no synchronisation): the retry after an
+  // out-of-memory, for pool allocations that fragmentation defeated and for plain cudaMalloc (cuBLAS workspace).
+  void ReleaseCached() const;
   // "cuda:0"
   std::string Name() const { return "cuda:" + std::to_string(index); }
 };
