@@ -265,3 +265,51 @@ test('world 2: a timer keeps firing during a 64 MiB all-reduce (the event loop i
     t.log(`64 MiB all-reduce: ${r!.ms} ms, ${r!.ticks} timer ticks`);
   }
 });
+
+interface IoPriorityResult {
+  init?: Settled<unknown>;
+  added?: { tid: number; policy: number; nice: number }[];
+  probes?: number[];
+}
+
+// proc(5) policy numbers: 0 SCHED_OTHER, 5 SCHED_IDLE.
+for (const [setting, expect] of [
+  [undefined, { idle: 0, nice: 0 }],
+  ['idle', { idle: 1, nice: 0 }],
+  ['12', { idle: 0, nice: 12 }],
+] as const) {
+  test(`world 2: TPKIT_GLOO_IO_PRIORITY=${setting ?? '(unset)'} sets the policy of exactly Gloo's I/O thread, and the all-reduce is right`, async (t) => {
+    if (process.platform !== 'linux') return t.pass('thread priorities are only set on Linux');
+    const env: Record<string, string> = {};
+    if (setting !== undefined) env.TPKIT_GLOO_IO_PRIORITY = setting;
+    const out = await runRanks<IoPriorityResult>(2, 'dist_collectives', 'iopriority', { timeoutMs: LAUNCH_TIMEOUT_MS, env });
+    assertRanksOk(t, out);
+    for (const [rank, r] of out.results.entries()) {
+      t.deepEqual(r!.probes, [3, 3], `rank ${rank}: 1 + 2 summed`);
+      const added = r!.added!;
+      t.true(added.length >= 1, `rank ${rank}: no thread was started by initDistributed`);
+      t.is(added.filter((p) => p.policy === 5).length, expect.idle, `rank ${rank}: SCHED_IDLE threads ${JSON.stringify(added)}`);
+      t.is(added.filter((p) => p.nice === 12).length, expect.nice ? 1 : 0, `rank ${rank}: nice-12 threads ${JSON.stringify(added)}`);
+      // every other new thread keeps the process's own priority
+      t.is(added.filter((p) => p.policy !== 0 || p.nice !== 0).length, expect.idle + (expect.nice ? 1 : 0), JSON.stringify(added));
+    }
+  });
+}
+
+test('world 2: a bad TPKIT_GLOO_IO_PRIORITY is a RangeError from initDistributed on every rank, before any rank connects', async (t) => {
+  const out = await runRanks<IoPriorityResult>(2, 'dist_collectives', 'iopriority', {
+    timeoutMs: LAUNCH_TIMEOUT_MS,
+    env: { TPKIT_GLOO_IO_PRIORITY: '25' },
+  });
+  assertRanksOk(t, out);
+  for (const r of out.results) {
+    const s = r!.init!;
+    t.false(s.ok);
+    if (!s.ok) {
+      t.true(s.error.isRangeError);
+      t.is(s.error.message, "TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '25'");
+      // rejected at once: no rendezvous timeout (15 s) was waited for
+      t.true(s.ms < 5_000, `${s.ms} ms`);
+    }
+  }
+});

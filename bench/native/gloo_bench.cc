@@ -23,9 +23,18 @@
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/transport/tcp/device.h>
 
+#include <sched.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -46,9 +55,10 @@ void Fill(std::vector<float>& buf, int rank) {
   for (size_t i = 0; i < buf.size(); i++) buf[i] = InputValue(rank, static_cast<int64_t>(i));
 }
 
-void AllReduceF32(const std::shared_ptr<gloo::Context>& ctx, float* data, size_t count) {
+void AllReduceF32(const std::shared_ptr<gloo::Context>& ctx, float* data, size_t count, uint32_t tag = 0) {
   gloo::AllreduceOptions opts(ctx);
   opts.setOutput(data, count);
+  opts.setTag(tag);
   opts.setReduceFunction(static_cast<void (*)(void*, const void*, const void*, size_t)>(&gloo::sum<float>));
   gloo::allreduce(opts);
 }
@@ -75,11 +85,63 @@ void Exchange(const std::shared_ptr<gloo::Context>& ctx, int64_t seq, int64_t co
   }
 }
 
+// One thread that runs the functions handed to it, one at a time, while the caller waits.
+class Worker {
+ public:
+  Worker() : thread_([this] { Loop(); }) {}
+  ~Worker() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void Run(const std::function<void()>& fn) {
+    std::unique_lock<std::mutex> lock(mu_);
+    fn_ = &fn;
+    done_ = false;
+    error_ = nullptr;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return done_; });
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void Loop() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || fn_ != nullptr; });
+      if (stop_) return;
+      const std::function<void()>* fn = fn_;
+      fn_ = nullptr;
+      lock.unlock();
+      std::exception_ptr err;
+      try {
+        (*fn)();
+      } catch (...) {
+        err = std::current_exception();
+      }
+      lock.lock();
+      error_ = err;
+      done_ = true;
+      cv_.notify_all();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const std::function<void()>* fn_ = nullptr;
+  bool done_ = false;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::thread thread_;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
   try {
-    Args args(argc, argv, {"check-exchange"});
+    Args args(argc, argv, {"check-exchange", "handoff", "tag-per-op"});
     const int rank = static_cast<int>(args.Int("rank", -1));
     const int size = static_cast<int>(args.Int("size", -1));
     const std::string storeDir = args.Get("store", "");
@@ -93,6 +155,11 @@ int main(int argc, char** argv) {
     const int64_t iters = args.Int("n", 20);
     const int64_t warmup = args.Int("w", 5);
     const bool exchange = args.Has("check-exchange");
+    // Ablations of tpkit's design: --handoff runs every operation on a second thread while the calling thread
+    // waits on a condition variable (tpkit's JS thread → communicator thread path); --tag-per-op gives every
+    // all-reduce its own tag (tpkit tags by sequence number).
+    const bool handoff = args.Has("handoff");
+    const bool tagPerOp = args.Has("tag-per-op");
     const std::chrono::milliseconds timeout(args.Int("timeout-ms", 300000));
 
     // FileStore needs an existing directory; every rank may create it (the others see EEXIST).
@@ -101,7 +168,19 @@ int main(int argc, char** argv) {
     }
     gloo::transport::tcp::attr attr;
     attr.hostname = args.Get("hostname", "127.0.0.1");
-    auto device = gloo::transport::tcp::CreateDevice(attr);
+    // --device-nice N: create the device (whose constructor starts Gloo's I/O loop thread) from a helper thread
+    // running at nice N, which the loop thread inherits; "idle" uses SCHED_IDLE instead.
+    std::shared_ptr<gloo::transport::Device> device;
+    const std::string deviceNice = args.Get("device-nice", "");
+    std::thread([&] {
+      if (deviceNice == "idle") {
+        sched_param sp{};
+        sched_setscheduler(0, SCHED_IDLE, &sp);
+      } else if (!deviceNice.empty()) {
+        setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), std::stoi(deviceNice));
+      }
+      device = gloo::transport::tcp::CreateDevice(attr);
+    }).join();
     gloo::rendezvous::FileStore fileStore(storeDir);
     gloo::rendezvous::PrefixStore store(args.Get("prefix", "tpkit-bench"), fileStore);
     auto ctx = std::make_shared<gloo::rendezvous::Context>(rank, size);
@@ -118,22 +197,25 @@ int main(int argc, char** argv) {
       std::fflush(stdout);
     }
     int64_t seq = 0;
+    Worker worker;
     for (int64_t bytes = minBytes; bytes <= maxBytes; bytes *= factor) {
       const size_t count = static_cast<size_t>(bytes / 4);
       if (count > 0) {
         std::vector<float> buf(count);
         Fill(buf, rank);
-        for (int64_t i = 0; i < warmup; i++) {
+        auto step = [&]() {
+          const int64_t s0 = seq;
           if (exchange) Exchange(ctx, seq++, static_cast<int64_t>(count));
-          AllReduceF32(ctx, buf.data(), count);
-        }
+          AllReduceF32(ctx, buf.data(), count, tagPerOp ? static_cast<uint32_t>(s0 * 2 + 1) : 0);
+          if (tagPerOp && !exchange) seq++;
+        };
+        for (int64_t i = 0; i < warmup; i++) handoff ? worker.Run(step) : step();
         gloo::BarrierOptions bopts(ctx);
         gloo::barrier(bopts);
         std::vector<double> each(static_cast<size_t>(iters));
         double last = NowUs();
         for (int64_t i = 0; i < iters; i++) {
-          if (exchange) Exchange(ctx, seq++, static_cast<int64_t>(count));
-          AllReduceF32(ctx, buf.data(), count);
+          handoff ? worker.Run(step) : step();
           const double now = NowUs();
           each[static_cast<size_t>(i)] = now - last;
           last = now;

@@ -31,13 +31,36 @@ function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor
   return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
 }
 
+/**
+ * Reads `TPKIT_GLOO_IO_PRIORITY`, the scheduling priority of Gloo's I/O thread (one per group): `normal`
+ * (default: the process's own), `idle` (Linux SCHED_IDLE) or a nice value 1–19.
+ *
+ * Gloo's I/O thread spins while an operation's thread holds a connection. On a machine with few cores and
+ * nothing else running, `idle` keeps that spinning off the cores the operation needs: measured on 2 cores,
+ * 2 ranks, a 1 MiB all-reduce took 0.70 ms instead of 2.4–3.7 ms (bench/README.md, "Gloo's I/O thread
+ * priority"). But under CPU load from other processes a low-priority I/O thread starves: with two busy
+ * processes on the same 2 cores a 4 KiB all-reduce took 210 ms with `idle` and 23 ms at nice 19, against
+ * 3 ms with `normal`. Hence `normal` by default; use `idle` only on machines the job has to itself.
+ *
+ * @returns -1 (inherit), 1..19 (nice) or 20 (SCHED_IDLE), as the native communicator takes it
+ * @throws RangeError for any other value
+ */
+export function glooIoPriority(env: NodeJS.ProcessEnv): number {
+  const v = (env.TPKIT_GLOO_IO_PRIORITY ?? '').trim().toLowerCase();
+  if (v === '' || v === 'normal') return -1;
+  if (v === 'idle') return 20;
+  if (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 19) return Number(v);
+  throw new RangeError(`TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${env.TPKIT_GLOO_IO_PRIORITY}'`);
+}
+
 /** Gloo-backed {@link Communicator}. */
 export class GlooCommunicator implements Communicator {
   readonly backend = 'gloo' as const;
   private readonly native: NativeGlooComm;
 
-  constructor(readonly rank: number, readonly size: number, hostname: string, timeoutMs: number, check: boolean) {
-    this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check);
+  /** @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority}) */
+  constructor(readonly rank: number, readonly size: number, hostname: string, timeoutMs: number, check: boolean, ioPriority: number) {
+    this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check, ioPriority);
   }
 
   connect(store: RendezvousStore): Promise<void> {

@@ -14,7 +14,7 @@ import { loadCore } from '../native';
 import { oneOf, options, positiveInteger } from '../validate';
 import { Communicator } from './comm';
 import { readDistEnv, DistEnv } from './env';
-import { GlooCommunicator } from './gloo';
+import { GlooCommunicator, glooIoPriority } from './gloo';
 import { GroupRuntime, ProcessGroup, prefixedStore } from './process_group';
 import { TCPStore, TCPStoreServer } from './store';
 
@@ -132,6 +132,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     if (backend === 'nccl') nccl = require('./nccl') as typeof import('./nccl');
   }
 
+  const ioPriority = backend === 'gloo' ? glooIoPriority(env) : -1;
   const store = await openStore(e, timeoutMs);
   const name = `tpkit/${e.runId}/init${generation++}`;
   const check = (env.TPKIT_CHECK ?? 'on').toLowerCase() !== 'off';
@@ -145,7 +146,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     async connectCommunicator(rankInGroup, size, t, groupName): Promise<Communicator> {
       const c: Communicator = nccl
         ? new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t)
-        : new GlooCommunicator(rankInGroup, size, hostname, t, check);
+        : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriority);
       await c.connect(prefixedStore(store, groupName, t));
       return c;
     },

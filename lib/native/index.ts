@@ -40,7 +40,7 @@ export interface CoreAddon {
   siluAndMul(x: Float32Array, out: Float32Array, rows: number, d: number): NativePromise;
   rmsNorm(x: Float32Array, weight: Float32Array, out: Float32Array, rows: number, cols: number, eps: number): NativePromise;
   add(a: Float32Array, b: Float32Array, out: Float32Array, n: number): NativePromise;
-  GlooComm: new (rank: number, size: number, hostname: string, timeoutMs: number, check: boolean) => NativeGlooComm;
+  GlooComm: new (rank: number, size: number, hostname: string, timeoutMs: number, check: boolean, ioPriority: number) => NativeGlooComm;
 }
 
 let core: CoreAddon | undefined;
