@@ -346,6 +346,67 @@ for (const dtype of ['float16', 'bfloat16'] as const) {
   });
 }
 
+gpuTest('rmsNorm and siluAndMul are right for hidden sizes that are not multiples of the block size', async (t) => {
+  // The rmsNorm kernel picks 256, 512 or 1024 threads per row: sizes below, between and above each, odd ones,
+  // and rows beyond one grid-stride step of a single block all go through the block reduction.
+  for (const cols of [1, 7, 255, 257, 1000, 1023, 4097, 5120 + 3]) {
+    const rowCount = 5;
+    const xv = rand(rowCount * cols, 70 + cols);
+    const wv = rand(cols, 71 + cols);
+    const x = Tensor.from(xv, [rowCount, cols], { device: 'cuda' });
+    const w = Tensor.from(wv, [cols], { device: 'cuda' });
+    const got = await (await rmsNorm(x, w, 1e-6)).toFloat32Array();
+    const ref = new Float64Array(rowCount * cols);
+    for (let r = 0; r < rowCount; r++) {
+      let ss = 0;
+      for (let c = 0; c < cols; c++) ss += xv[r * cols + c]! ** 2;
+      const inv = 1 / Math.sqrt(ss / cols + 1e-6);
+      for (let c = 0; c < cols; c++) ref[r * cols + c] = xv[r * cols + c]! * inv * wv[c]!;
+    }
+    assertClose(t, got, ref, 1e-5, `rmsNorm cols=${cols}`);
+    disposeAll(x, w);
+  }
+  for (const d of [1, 3, 257]) {
+    const rowCount = 3;
+    const xv = rand(rowCount * 2 * d, 80 + d);
+    const x = Tensor.from(xv, [rowCount, 2 * d], { device: 'cuda' });
+    const s = await siluAndMul(x);
+    t.deepEqual(s.shape, [rowCount, d]);
+    const ref = new Float64Array(rowCount * d);
+    for (let r = 0; r < rowCount; r++) {
+      for (let j = 0; j < d; j++) {
+        const g = xv[r * 2 * d + j]!; // gate first, then up (vLLM's layout)
+        const u = xv[r * 2 * d + d + j]!;
+        ref[r * d + j] = (g / (1 + Math.exp(-g))) * u;
+      }
+    }
+    assertClose(t, await s.toFloat32Array(), ref, 1e-6, `siluAndMul d=${d}`);
+    disposeAll(x, s);
+  }
+});
+
+for (const dtype of ['float16', 'bfloat16'] as const) {
+  gpuTest(`linear ${dtype} with bias rounds once: (x·Wᵀ + b) in float32, then to ${dtype}`, async (t) => {
+    // Integer-valued inputs keep every partial sum exact in float32, so the only rounding is the final one:
+    // the fused epilogue (or the GemmEx fallback that folds the bias in) must equal the float64 reference
+    // rounded once to the dtype (computed here through a cpu cast).
+    const [rowCount, inF, outF] = [4, 16, 8];
+    const xv = Float32Array.from({ length: rowCount * inF }, (_, i) => ((i * 7) % 13) - 6);
+    const wv = Float32Array.from({ length: outF * inF }, (_, i) => ((i * 5) % 11) - 5);
+    const bv = Float32Array.from({ length: outF }, (_, i) => 0.3 + i * 0.37); // not representable in the dtype
+    const x = Tensor.from(xv, [rowCount, inF], { dtype, device: 'cuda' });
+    const w = Tensor.from(wv, [outF, inF], { dtype, device: 'cuda' });
+    const b = Tensor.from(bv, [outF], { dtype, device: 'cuda' });
+    const bRounded = await b.toFloat32Array();
+    const ref = refMatmul(xv, wv, rowCount, outF, inF, false, true);
+    for (let r = 0; r < rowCount; r++) for (let o = 0; o < outF; o++) ref[r * outF + o] += bRounded[o]!;
+    const refRounded = await Tensor.from(Float32Array.from(ref), [rowCount, outF], { dtype }).toFloat32Array();
+    const y = await linear(x, w, b);
+    t.deepEqual(Array.from(await y.toFloat32Array()), Array.from(refRounded));
+    disposeAll(x, w, b, y);
+  });
+}
+
 gpuTest('casts round to nearest even exactly like the cpu backend', async (t) => {
   const values = Float32Array.from([0, -0, 1 / 3, -2.5, 65504, 70000, 1e-8, 3.14159, -1e5, 0.1, 2 ** -24, 1 + 2 ** -9]);
   for (const dtype of DTYPES) {
