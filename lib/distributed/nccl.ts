@@ -16,6 +16,12 @@
  * tensors must wait for the returned Promise. A tensor handed to an op stays allocated until the op settles,
  * even if disposed meanwhile. NCCL point-to-point is blocking on the GPU: a send and the matching recv must be
  * issued so that neither waits behind the other on one stream (e.g. rank 0 sends first, rank 1 receives first).
+ * Each communicator has its own thread, so ops of DIFFERENT communicators on one device reach the shared stream
+ * in no fixed order relative to each other: when two groups share ranks, await an op of one group before
+ * issuing one on the other, or two ranks may queue them in opposite orders and wait on each other.
+ *
+ * An async NCCL error, a device error or an op's timeout rejects every op in flight on the communicator (an
+ * aborted NCCL kernel ends early, so its result is undefined), not only the one that failed.
  *
  * @module
  * @internal
