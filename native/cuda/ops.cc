@@ -182,7 +182,9 @@ Napi::Value CudaDownload(const Napi::CallbackInfo& info) {
       CudaCheck(cudaEventRecord(ev, dev.stream), "cudaEventRecord on " + dev.Name());
     } catch (...) {
       if (ev != nullptr) cudaEventDestroy(ev);
-      // The block is leaked: a copy into it may still be in flight.
+      // A copy into the block may be in flight: it goes back to the pool behind an event recorded after it
+      // (and is leaked only if that event cannot be recorded either).
+      RecordAndRelease(dev, block);
       throw;
     }
     EventPoller::For(env).Watch(env, device, ev, [deferred, block, n, device](Napi::Env env, cudaError_t status) {
