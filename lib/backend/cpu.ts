@@ -7,9 +7,13 @@
  * @internal
  */
 import { loadCore } from '../native';
+import { hostWork, releaseHostBuffer, takeHostBuffer } from './host_pool';
 import { DType, Device, DeviceOps, ITEM_SIZE, Storage } from './types';
 
-/** Host storage over a typed array. V8 accounts the ArrayBuffer itself. */
+/**
+ * Host storage over a typed array. V8 accounts the ArrayBuffer itself. When freed, a buffer that the array
+ * spans whole goes to the host pool for the next tensor of its size (host_pool.ts).
+ */
 export class HostStorage implements Storage {
   readonly device: Device = 'cpu';
   readonly numel: number;
@@ -37,7 +41,11 @@ export class HostStorage implements Storage {
   }
 
   free(): void {
+    const d = this._data;
     this._data = null;
+    if (d && d.byteOffset === 0 && d.byteLength === d.buffer.byteLength && d.buffer instanceof ArrayBuffer) {
+      releaseHostBuffer(d.buffer);
+    }
   }
 }
 
@@ -45,8 +53,14 @@ function host(s: Storage): HostStorage {
   return s as HostStorage;
 }
 
-function alloc(numel: number, dtype: DType): HostStorage {
-  return new HostStorage(dtype, dtype === 'float32' ? new Float32Array(numel) : new Uint16Array(numel));
+/** Storage of `numel` elements: a pooled buffer (stale contents unless `zero`) or a fresh zeroed one. */
+function alloc(numel: number, dtype: DType, zero = false): HostStorage {
+  const Ctor = dtype === 'float32' ? Float32Array : Uint16Array;
+  const buf = takeHostBuffer(numel * Ctor.BYTES_PER_ELEMENT);
+  if (!buf) return new HostStorage(dtype, new Ctor(numel));
+  const data = new Ctor(buf);
+  if (zero) data.fill(0);
+  return new HostStorage(dtype, data);
 }
 
 const CAST_TO_BITS = { bfloat16: 0, float16: 2 } as const;
@@ -110,7 +124,7 @@ function catArrays<T extends Float32Array | Uint16Array>(parts: T[], partShapes:
 
 /** The cpu backend's kernels. */
 export const cpuOps: DeviceOps = {
-  zeros: (numel, dtype) => alloc(numel, dtype),
+  zeros: (numel, dtype) => alloc(numel, dtype, true),
   empty: (numel, dtype) => alloc(numel, dtype),
   fromFloat32(data, dtype) {
     return new HostStorage(dtype, dtype === 'float32' ? Float32Array.from(data) : floatToBits(data, dtype));
@@ -133,34 +147,38 @@ export const cpuOps: DeviceOps = {
     const f = toF32(h);
     return new HostStorage(dtype, dtype === 'float32' ? (f === h.data ? f.slice() : f) : floatToBits(f, dtype));
   },
-  async matmul(a, b, M, N, K, transA, transB) {
-    const out = alloc(M * N, 'float32');
-    await loadCore().sgemm(transA, transB, M, N, K, host(a).f32, host(b).f32, out.f32, 0);
-    return out;
-  },
-  async linear(x, w, bias, rows, inF, outF) {
-    const out = alloc(rows * outF, 'float32');
-    await loadCore().linear(host(x).f32, host(w).f32, bias ? host(bias).f32 : null, out.f32, rows, inF, outF);
-    return out;
-  },
-  async biasAdd(y, bias, rows, cols) {
-    await loadCore().biasAdd(host(y).f32, host(bias).f32, rows, cols);
-  },
-  async siluAndMul(x, rows, d) {
-    const out = alloc(rows * d, 'float32');
-    await loadCore().siluAndMul(host(x).f32, out.f32, rows, d);
-    return out;
-  },
-  async rmsNorm(x, weight, rows, cols, eps) {
-    const out = alloc(rows * cols, 'float32');
-    await loadCore().rmsNorm(host(x).f32, host(weight).f32, out.f32, rows, cols, eps);
-    return out;
-  },
-  async add(a, b) {
-    const out = alloc(a.numel, 'float32');
-    await loadCore().add(host(a).f32, host(b).f32, out.f32, a.numel);
-    return out;
-  },
+  // Each kernel holds a host-pool ticket from before it reads its inputs until the native work settled.
+  matmul: (a, b, M, N, K, transA, transB) =>
+    hostWork(async () => {
+      const out = alloc(M * N, 'float32');
+      await loadCore().sgemm(transA, transB, M, N, K, host(a).f32, host(b).f32, out.f32, 0);
+      return out;
+    }),
+  linear: (x, w, bias, rows, inF, outF) =>
+    hostWork(async () => {
+      const out = alloc(rows * outF, 'float32');
+      await loadCore().linear(host(x).f32, host(w).f32, bias ? host(bias).f32 : null, out.f32, rows, inF, outF);
+      return out;
+    }),
+  biasAdd: (y, bias, rows, cols) => hostWork(() => loadCore().biasAdd(host(y).f32, host(bias).f32, rows, cols)),
+  siluAndMul: (x, rows, d) =>
+    hostWork(async () => {
+      const out = alloc(rows * d, 'float32');
+      await loadCore().siluAndMul(host(x).f32, out.f32, rows, d);
+      return out;
+    }),
+  rmsNorm: (x, weight, rows, cols, eps) =>
+    hostWork(async () => {
+      const out = alloc(rows * cols, 'float32');
+      await loadCore().rmsNorm(host(x).f32, host(weight).f32, out.f32, rows, cols, eps);
+      return out;
+    }),
+  add: (a, b) =>
+    hostWork(async () => {
+      const out = alloc(a.numel, 'float32');
+      await loadCore().add(host(a).f32, host(b).f32, out.f32, a.numel);
+      return out;
+    }),
   async embedding(table, ids, dim) {
     const src = host(table).f32;
     const out = alloc(ids.length * dim, 'float32');

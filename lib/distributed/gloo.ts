@@ -8,6 +8,7 @@
  */
 import { loadCore, NativeGlooComm } from '../native';
 import { HostStorage } from '../backend/cpu';
+import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
 import type { Communicator, OpContext, RendezvousStore } from './comm';
@@ -67,55 +68,72 @@ export class GlooCommunicator implements Communicator {
     return this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
   }
 
-  async allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
-    const { buf, staged } = await stage(t);
-    await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-    if (staged) await t._writeFloat32(buf);
+  // Every operation holds a host-pool ticket (hostWork) while Gloo may touch the tensors' arrays, so a tensor
+  // disposed meanwhile does not hand its buffer to a new tensor before Gloo is done with it.
+
+  allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
+    return hostWork(async () => {
+      const { buf, staged } = await stage(t);
+      await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      if (staged) await t._writeFloat32(buf);
+    });
   }
 
-  async allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
-    const { buf } = await stage(t);
-    const out = new Float32Array(buf.length * this.size);
-    await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
-    return like(t, out, [this.size, ...t.shape]);
+  allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const out = new Float32Array(buf.length * this.size);
+      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
+      return like(t, out, [this.size, ...t.shape]);
+    });
   }
 
-  async reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
-    // The ring overwrites its input, so it always gets a private float32 copy.
-    const buf = await work.toFloat32Array();
-    const chunk = buf.length / this.size;
-    const out = new Float32Array(chunk);
-    await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
-    return like(work, out, [chunk]);
+  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      // The ring overwrites its input, so it always gets a private float32 copy.
+      const buf = await work.toFloat32Array();
+      const chunk = buf.length / this.size;
+      const out = new Float32Array(chunk);
+      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
+      return like(work, out, [chunk]);
+    });
   }
 
-  async broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
-    const { buf, staged } = await stage(t);
-    await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-    if (staged) await t._writeFloat32(buf);
+  broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
+    return hostWork(async () => {
+      const { buf, staged } = await stage(t);
+      await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      if (staged) await t._writeFloat32(buf);
+    });
   }
 
-  async allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
-    const { buf } = await stage(t);
-    const out = new Float32Array(buf.length);
-    await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-    return like(t, out, t.shape);
+  allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const out = new Float32Array(buf.length);
+      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      return like(t, out, t.shape);
+    });
   }
 
   barrier(ctx: OpContext): Promise<void> {
     return this.native.barrier(ctx.seq, ctx.timeoutMs);
   }
 
-  async send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    const { buf } = await stage(t);
-    await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
+  send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
+    });
   }
 
-  async recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    const own = hostF32(t);
-    const buf = own ?? new Float32Array(t.numel);
-    await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
-    if (!own) await t._writeFloat32(buf);
+  recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    return hostWork(async () => {
+      const own = hostF32(t);
+      const buf = own ?? new Float32Array(t.numel);
+      await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
+      if (!own) await t._writeFloat32(buf);
+    });
   }
 
   close(): void {
