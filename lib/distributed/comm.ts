@@ -37,8 +37,11 @@ export interface Communicator {
   allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void>;
   /** Returns `[size * t.numel]` elements, rank-major (shape `[size, ...t.shape]`). `dim` is only described. */
   allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor>;
-  /** `work` holds `size` equal rank-major chunks; returns this rank's reduced chunk (flat, `work.numel / size`). */
-  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor>;
+  /**
+   * `work` holds `size` equal rank-major chunks; returns this rank's reduced chunk (flat, `work.numel / size`).
+   * `scratch`: `work` is a private copy the communicator may overwrite (the caller disposes it afterwards).
+   */
+  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext, scratch?: boolean): Promise<Tensor>;
   /** In place; `root` is a rank in the group. */
   broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void>;
   /** Splits dim 0 into `size` chunks; chunk j goes to rank j; returns the received chunks, rank-major. */

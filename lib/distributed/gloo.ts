@@ -88,10 +88,11 @@ export class GlooCommunicator implements Communicator {
     });
   }
 
-  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
+  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext, scratch = false): Promise<Tensor> {
     return hostWork(async () => {
-      // The ring overwrites its input, so it always gets a private float32 copy.
-      const buf = await work.toFloat32Array();
+      // The ring overwrites its input: it works in `work`'s own array when that is a host float32 scratch copy,
+      // else in a private float32 copy.
+      const buf = (scratch ? hostF32(work) : null) ?? (await work.toFloat32Array());
       const chunk = buf.length / this.size;
       const out = new Float32Array(chunk);
       await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);

@@ -253,7 +253,7 @@ export class ProcessGroup {
     return this.#collective('reduceScatter', timeoutMs, async (comm, ctx) => {
       const work = this.#stack(t, dim);
       try {
-        const flat = await comm.reduceScatter(work, REDOP_CODE[op], dim, ctx);
+        const flat = await comm.reduceScatter(work, REDOP_CODE[op], dim, ctx, work !== t);
         const out = flat.reshape(outShape);
         flat.dispose();
         return out;
