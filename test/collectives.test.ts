@@ -24,6 +24,7 @@ interface AllResult {
   backend: string;
   ranks: number[];
   allReduce: Record<string, Shaped & { same: boolean }>;
+  ringAllReduce: Record<string, number[]>;
   allGather: Record<string, Shaped>;
   reduceScatter: Record<string, Shaped>;
   broadcast: number[][];
@@ -99,6 +100,13 @@ for (const W of WORLD_SIZES) {
         t.true(r.allReduce[op]!.same, 'resolves to the same tensor');
         t.deepEqual(r.allReduce[op]!.values, expected, `rank ${r.rank}`);
       }
+    });
+  }
+
+  for (const op of Object.keys(REDUCE)) {
+    test(`world ${W}${D}: allReduce ${op} of 6000 elements (Gloo's ring, past the inline size)`, async (t) => {
+      const expected = Array.from({ length: 6000 }, (_, i) => REDUCE[op]!(W, (i % 13) - 6));
+      for (const r of await results(t, W)) t.deepEqual(r.ringAllReduce[op], expected, `rank ${r.rank}`);
     });
   }
 
@@ -181,7 +189,7 @@ for (const W of WORLD_SIZES) {
 
   test(`world ${W}${D}: callCounts count each kind of operation`, async (t) => {
     for (const r of await results(t, W)) {
-      t.is(r.callCounts.allReduce, 5 + 1 + 1);
+      t.is(r.callCounts.allReduce, 5 + 5 + 1 + 1);
       t.is(r.callCounts.allGather, 4 + 1 + 1);
       t.is(r.callCounts.reduceScatter, 6 + 1);
       t.is(r.callCounts.broadcast, W + 1);

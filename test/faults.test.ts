@@ -364,6 +364,8 @@ const MISMATCH_CASES: Record<string, (string | ((W: number) => string))[]> = {
   broadcastRoot: ['root 0', 'root 1'],
   allGatherDim: ['rank 0: all_gather(seq 12, float32, count 4, dim 0)', 'rank 1: all_gather(seq 12, float32, count 4, dim 1)'],
   allGatherVsAllReduce: ['rank 0: all_reduce(seq 14', 'rank 1: all_gather(seq 14'],
+  // one rank's all-reduce fits in the descriptor exchange, the other's needs the ring
+  inlineVsRing: ['rank 0: all_reduce(seq 16, float32, count 10, op sum)', 'rank 1: all_reduce(seq 16, float32, count 100000, op sum)'],
 };
 
 for (const W of [2, 4]) {

@@ -77,6 +77,10 @@ struct Descriptor {
   int64_t seq, op, dtype, count, root, redop, dim;
 };
 constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
+// All-reduces of at most this many elements travel inside the descriptor exchange (16 KiB: one token's
+// activation of a 4096-wide model). Measured in bench/README.md ("Small all-reduces in one round").
+constexpr size_t kInlineFloats = 4096;
+constexpr size_t kInlineWords = kInlineFloats / 2;
 
 std::string Describe(const Descriptor& d) {
   std::ostringstream s;
@@ -192,6 +196,7 @@ struct GlooState {
   CompletionTsfn tsfn;
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
   int64_t pending = 0;    // main thread only
+  std::vector<int64_t> exchangeIn, exchangeOut;  // Agree's blocks (communicator thread only)
 
   // Calls into the completion function unless Node already tore it down (then the job is dropped: the
   // process is exiting and nothing awaits it).
@@ -277,25 +282,48 @@ struct GlooState {
   }
 
   // Exchanges descriptors with every rank; throws COLLECTIVE_MISMATCH naming each rank's view on mismatch.
-  void Agree(const Descriptor& mine, ms opTimeout) {
-    if (!check || size == 1) return;
-    std::vector<int64_t> all(kDescWords * size);
+  //
+  // `payload` (at most kInlineFloats floats; null for none) rides along: then the return value points at rank 0's
+  // copy of it in the gathered blocks and `*stride` is the distance in floats between ranks' copies. Small
+  // all-reduces use this to finish in this one round instead of a descriptor round plus a ring (2(n-1) more
+  // steps). With the check on every operation's block has the same size (descriptor + kInlineFloats), whatever
+  // its element count, so ranks that disagree still exchange cleanly and report the mismatch. With the check
+  // off only the payload is gathered (the ranks are trusted to agree).
+  const float* Agree(const Descriptor& mine, ms opTimeout, const float* payload = nullptr, size_t count = 0,
+                     size_t* stride = nullptr) {
+    if (size == 1 || (!check && payload == nullptr)) return nullptr;
+    const size_t descWords = check ? kDescWords : 0;
+    const size_t payloadWords = check ? kInlineWords : (count + 1) / 2;
+    const size_t blockWords = descWords + payloadWords;
+    if (exchangeIn.size() < blockWords) exchangeIn.resize(blockWords);
+    if (exchangeOut.size() < blockWords * size) exchangeOut.resize(blockWords * size);
+    if (check) std::memcpy(exchangeIn.data(), &mine, sizeof(Descriptor));
+    if (payload != nullptr) std::memcpy(exchangeIn.data() + descWords, payload, count * sizeof(float));
     gloo::AllgatherOptions opts(ctx);
-    opts.setInput(const_cast<int64_t*>(reinterpret_cast<const int64_t*>(&mine)), kDescWords);
-    opts.setOutput(all.data(), all.size());
+    opts.setInput(exchangeIn.data(), blockWords);
+    opts.setOutput(exchangeOut.data(), blockWords * size);
     opts.setTag(static_cast<uint32_t>(mine.seq * 2));
     opts.setTimeout(opTimeout);
     gloo::allgather(opts);
-    bool same = true;
-    const auto* descs = reinterpret_cast<const Descriptor*>(all.data());
-    for (int r = 0; r < size; r++) {
-      if (std::memcmp(&descs[r], &mine, sizeof(Descriptor)) != 0) same = false;
+    if (check) {
+      bool same = true;
+      for (int r = 0; r < size; r++) {
+        if (std::memcmp(exchangeOut.data() + blockWords * r, &mine, sizeof(Descriptor)) != 0) same = false;
+      }
+      if (!same) {
+        std::ostringstream s;
+        s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank << "): ";
+        for (int r = 0; r < size; r++) {
+          Descriptor d;
+          std::memcpy(&d, exchangeOut.data() + blockWords * r, sizeof(Descriptor));
+          s << (r ? "; " : "") << "rank " << r << ": " << Describe(d);
+        }
+        throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+      }
     }
-    if (same) return;
-    std::ostringstream s;
-    s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank << "): ";
-    for (int r = 0; r < size; r++) s << (r ? "; " : "") << "rank " << r << ": " << Describe(descs[r]);
-    throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+    if (payload == nullptr) return nullptr;
+    if (stride != nullptr) *stride = blockWords * 2;
+    return reinterpret_cast<const float*>(exchangeOut.data() + descWords);
   }
 };
 
@@ -474,8 +502,23 @@ Napi::Value GlooComm::AllReduce(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    s->Agree({seq, kAllReduce, dtype, count, -1, redop, -1}, t);
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    size_t stride = 0;
+    const float* gathered = s->Agree({seq, kAllReduce, dtype, count, -1, redop, -1}, t, small ? buf : nullptr,
+                                     static_cast<size_t>(count), &stride);
     if (count == 0) return;
+    if (gathered != nullptr) {
+      // Every rank reduces the gathered copies in rank order, so all ranks get the same bits.
+      std::memcpy(buf, gathered, static_cast<size_t>(count) * sizeof(float));
+      for (int r = 1; r < s->size; r++) {
+        ReduceInto(redop == 4 ? 0 : redop, buf, gathered + stride * r, static_cast<size_t>(count));
+      }
+      if (redop == 4) {
+        const float inv = 1.0f / static_cast<float>(s->size);
+        for (int64_t i = 0; i < count; i++) buf[i] *= inv;
+      }
+      return;
+    }
     gloo::AllreduceOptions opts(s->ctx);
     opts.setOutput(buf, static_cast<size_t>(count));
     opts.setReduceFunction(ReduceFn(redop));
