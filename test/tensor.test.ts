@@ -1,8 +1,9 @@
 /**
- * Tests of lib/tensor.ts (and the host dtype conversions of native/core/kernels.cc): invalid inputs first, each
- * with its exact message; then construction, dtype round trips and rounding (hand-checked values), narrow
- * against a plain-loop reference, reshape's shared memory and dispose semantics, the cuda device without a GPU,
- * and memory over 10,000 create/dispose cycles.
+ * Tests of lib/tensor.ts (and the dtype conversions of native/core/kernels.cc and native/cuda): invalid inputs
+ * first, each with its exact message; then, once per device (`[cpu]`, and `[cuda:0]` when a GPU is visible —
+ * otherwise one skipped test says why), construction, dtype round trips and rounding (hand-checked values),
+ * narrow against a plain-loop reference, reshape's shared memory and views; moving between cpu and cuda (GPU
+ * only); dispose semantics, the cuda device without a GPU, and memory over 10,000 create/dispose cycles (cpu).
  */
 import { execFile } from 'node:child_process';
 import * as path from 'node:path';
@@ -10,8 +11,10 @@ import * as path from 'node:path';
 import test from 'ava';
 
 import type { HostStorage } from '../lib/backend/cpu';
+import type { CudaStorage } from '../lib/backend/cuda';
 import { TpkitError } from '../lib/errors';
 import { Tensor } from '../lib/tensor';
+import { bitsOf, CUDA_DEVICES, cudaSkipReason, DEVICES } from './helpers/devices';
 import { arange, narrowRef } from './helpers/reference';
 
 // ---------------------------------------------------------------------------------------------------------
@@ -69,219 +72,271 @@ for (const [title, fn, ErrorClass, message] of invalid) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Construction
+// Values, once per device: always cpu, and cuda:0 when a GPU is visible (test/helpers/devices.ts)
 // ---------------------------------------------------------------------------------------------------------
 
-test('Tensor.from keeps shape, dtype, device and values (array and Float32Array)', async (t) => {
-  const a = Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]);
-  t.deepEqual(a.shape, [2, 3]);
-  t.true(Object.isFrozen(a.shape));
-  t.is(a.dtype, 'float32');
-  t.is(a.device, 'cpu');
-  t.is(a.numel, 6);
-  t.is(a.ndim, 2);
-  t.is(a.nbytes, 24);
-  t.false(a.isDisposed);
-  t.is(a.toString(), 'Tensor(shape=[2, 3], dtype=float32, device=cpu)');
-  t.deepEqual(Array.from(await a.toFloat32Array()), [1, 2, 3, 4, 5, 6]);
-  const src = new Float32Array([7, 8]);
-  const b = Tensor.from(src, [2], { device: 'cpu' });
-  src[0] = 0; // Tensor.from copies
-  t.deepEqual(Array.from(await b.toFloat32Array()), [7, 8]);
-  const out = await b.toFloat32Array();
-  out[1] = 0; // toFloat32Array returns a copy
-  t.deepEqual(Array.from(await b.toFloat32Array()), [7, 8]);
-});
+if (cudaSkipReason) test.skip(`[cuda:0] tensor value tests (construction, dtype round trips, narrow, reshape): ${cudaSkipReason}`, () => {});
 
-test('zeros, empty, arange, 0-d and empty tensors', async (t) => {
-  t.deepEqual(Array.from(await Tensor.zeros([2, 2]).toFloat32Array()), [0, 0, 0, 0]);
-  const e = Tensor.empty([3], { dtype: 'bfloat16' });
-  t.is(e.dtype, 'bfloat16');
-  t.is(e.nbytes, 6);
-  t.deepEqual(Array.from(await Tensor.arange([2, 2], { scale: 3, offset: 1 }).toFloat32Array()), [3, 6, 9, 12]);
-  const s = Tensor.from([42], []);
-  t.is(s.numel, 1);
-  t.is(s.ndim, 0);
-  t.deepEqual(Array.from(await s.toFloat32Array()), [42]);
-  const z = Tensor.zeros([0, 5]);
-  t.is(z.numel, 0);
-  t.deepEqual(Array.from(await z.toFloat32Array()), []);
-  t.is(Tensor.zeros([4], { dtype: 'float16' }).nbytes, 8);
-});
+for (const device of DEVICES) {
+  // -------------------------------------------------------------------------------------------------------
+  // Construction
+  // -------------------------------------------------------------------------------------------------------
 
-// ---------------------------------------------------------------------------------------------------------
-// dtypes: exact widening, round to nearest even, specials
-// ---------------------------------------------------------------------------------------------------------
+  test(`[${device}] Tensor.from keeps shape, dtype, device and values (array and Float32Array)`, async (t) => {
+    // on cpu without options: the default device is cpu
+    const a = device === 'cpu' ? Tensor.from([1, 2, 3, 4, 5, 6], [2, 3]) : Tensor.from([1, 2, 3, 4, 5, 6], [2, 3], { device });
+    t.deepEqual(a.shape, [2, 3]);
+    t.true(Object.isFrozen(a.shape));
+    t.is(a.dtype, 'float32');
+    t.is(a.device, device);
+    t.is(a.numel, 6);
+    t.is(a.ndim, 2);
+    t.is(a.nbytes, 24);
+    t.false(a.isDisposed);
+    t.is(a.toString(), `Tensor(shape=[2, 3], dtype=float32, device=${device})`);
+    t.deepEqual(Array.from(await a.toFloat32Array()), [1, 2, 3, 4, 5, 6]);
+    const src = new Float32Array([7, 8]);
+    const b = Tensor.from(src, [2], { device });
+    src[0] = 0; // Tensor.from copies
+    t.deepEqual(Array.from(await b.toFloat32Array()), [7, 8]);
+    const out = await b.toFloat32Array();
+    out[1] = 0; // toFloat32Array returns a copy
+    t.deepEqual(Array.from(await b.toFloat32Array()), [7, 8]);
+  });
 
-async function roundTrip(values: number[], dtype: 'float16' | 'bfloat16'): Promise<number[]> {
-  return Array.from(await Tensor.from(values, [values.length], { dtype }).toFloat32Array());
-}
+  test(`[${device}] zeros, empty, arange, 0-d and empty tensors`, async (t) => {
+    t.deepEqual(Array.from(await Tensor.zeros([2, 2], { device }).toFloat32Array()), [0, 0, 0, 0]);
+    const e = Tensor.empty([3], { dtype: 'bfloat16', device });
+    t.is(e.dtype, 'bfloat16');
+    t.is(e.device, device);
+    t.is(e.nbytes, 6);
+    t.deepEqual(Array.from(await Tensor.arange([2, 2], { scale: 3, offset: 1, device }).toFloat32Array()), [3, 6, 9, 12]);
+    const s = Tensor.from([42], [], { device });
+    t.is(s.numel, 1);
+    t.is(s.ndim, 0);
+    t.deepEqual(Array.from(await s.toFloat32Array()), [42]);
+    const z = Tensor.zeros([0, 5], { device });
+    t.is(z.numel, 0);
+    t.deepEqual(Array.from(await z.toFloat32Array()), []);
+    t.is(Tensor.zeros([4], { dtype: 'float16', device }).nbytes, 8);
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      t.deepEqual(Array.from(await Tensor.zeros([3], { dtype, device }).toFloat32Array()), [0, 0, 0], `${dtype} zeros`);
+    }
+  });
 
-test('bfloat16 ↔ float32 is exact on representable values', async (t) => {
-  const values = [0, 1, -2, 0.5, 3.140625, 0.0078125, 2 ** 100, -(2 ** -126), 2 ** -133, 65280, 1.9921875];
-  t.deepEqual(await roundTrip(values, 'bfloat16'), values);
-  // every one of the 65536 bit patterns widens and narrows back unchanged (NaNs stay NaN)
-  const bits = new Uint16Array(65536).map((_, i) => i);
-  const wide = await Tensor.fromBits(bits, [65536], { dtype: 'bfloat16' }).toFloat32Array();
-  const back = (await Tensor.from(wide, [65536]).to('bfloat16'))._storage as HostStorage;
-  let bad = 0;
-  for (let i = 0; i < 65536; i++) {
-    const isNaN = (i & 0x7f80) === 0x7f80 && (i & 0x7f) !== 0;
-    if (isNaN ? !Number.isNaN(wide[i]!) : back.data[i] !== i) bad++;
-  }
-  t.is(bad, 0);
-});
+  // -------------------------------------------------------------------------------------------------------
+  // dtypes: exact widening, round to nearest even, specials
+  // -------------------------------------------------------------------------------------------------------
 
-test('float16 ↔ float32 is exact on representable values (normals, subnormals, max)', async (t) => {
-  const values = [0, 1, -1.5, 0.333251953125, 65504, -65504, 2 ** -14, 2 ** -24, 3 * 2 ** -24, 1023 * 2 ** -24, 2048, 0.0999755859375];
-  t.deepEqual(await roundTrip(values, 'float16'), values);
-  const bits = new Uint16Array(65536).map((_, i) => i);
-  const wide = await Tensor.fromBits(bits, [65536], { dtype: 'float16' }).toFloat32Array();
-  const back = (await Tensor.from(wide, [65536]).to('float16'))._storage as HostStorage;
-  let bad = 0;
-  for (let i = 0; i < 65536; i++) {
-    const isNaN = (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
-    if (isNaN ? !Number.isNaN(wide[i]!) : back.data[i] !== i) bad++;
-  }
-  t.is(bad, 0);
-});
+  const roundTrip = async (values: number[], dtype: 'float16' | 'bfloat16'): Promise<number[]> =>
+    Array.from(await Tensor.from(values, [values.length], { dtype, device }).toFloat32Array());
 
-test('bfloat16 rounds to nearest even (hand-checked values)', async (t) => {
-  t.deepEqual(
-    await roundTrip([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, 1 + 2 ** -9, -(1 + 3 * 2 ** -8), 3.14159265, 2 ** -134, 3 * 2 ** -134], 'bfloat16'),
-    [
-      1, // halfway between 1 and 1 + 2^-7: the even one
-      1.015625, // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even)
-      1.0078125, // just above halfway: up
-      1, // below halfway: down
-      -1.015625,
-      3.140625,
-      0, // halfway between 0 and the smallest subnormal 2^-133: even (0)
-      2 ** -132, // halfway between 2^-133 (odd) and 2^-132 (even)
-    ],
-  );
-});
+  test(`[${device}] bfloat16 ↔ float32 is exact on representable values`, async (t) => {
+    const values = [0, 1, -2, 0.5, 3.140625, 0.0078125, 2 ** 100, -(2 ** -126), 2 ** -133, 65280, 1.9921875];
+    t.deepEqual(await roundTrip(values, 'bfloat16'), values);
+    // every one of the 65536 bit patterns widens and narrows back unchanged (NaNs stay NaN)
+    const bits = new Uint16Array(65536).map((_, i) => i);
+    const wide = await Tensor.fromBits(bits, [65536], { dtype: 'bfloat16', device }).toFloat32Array();
+    const back = await bitsOf(await Tensor.from(wide, [65536], { device }).to('bfloat16'));
+    let bad = 0;
+    for (let i = 0; i < 65536; i++) {
+      const isNaN = (i & 0x7f80) === 0x7f80 && (i & 0x7f) !== 0;
+      if (isNaN ? !Number.isNaN(wide[i]!) : back[i] !== i) bad++;
+    }
+    t.is(bad, 0);
+  });
 
-test('float16 rounds to nearest even, with subnormals and overflow to infinity (hand-checked values)', async (t) => {
-  const cases: Array<[number, number]> = [
-    [1 + 2 ** -11, 1], // halfway: even
-    [1 + 3 * 2 ** -11, 1 + 2 ** -9], // halfway: up to even
-    [2049, 2048], // spacing 2 above 2048: halfway, even
-    [2051, 2052],
-    [65519, 65504], // below the midpoint to 65536
-    [65520, Infinity], // the midpoint rounds to 65536, which overflows
-    [1e6, Infinity],
-    [-1e6, -Infinity],
-    [2 ** -25, 0], // half the smallest subnormal: even (0)
-    [3 * 2 ** -26, 2 ** -24],
-    [2 ** -25 + 2 ** -35, 2 ** -24], // just above half
-    [1.5 * 2 ** -24, 2 ** -23], // halfway between 1 and 2 ulps: even (2)
-    [2.5 * 2 ** -24, 2 ** -23], // halfway between 2 and 3 ulps: even (2)
-    [1e-9, 0],
-    [1 / 3, 0.333251953125],
-  ];
-  t.deepEqual(await roundTrip(cases.map((c) => c[0]), 'float16'), cases.map((c) => c[1]));
-});
+  test(`[${device}] float16 ↔ float32 is exact on representable values (normals, subnormals, max)`, async (t) => {
+    const values = [0, 1, -1.5, 0.333251953125, 65504, -65504, 2 ** -14, 2 ** -24, 3 * 2 ** -24, 1023 * 2 ** -24, 2048, 0.0999755859375];
+    t.deepEqual(await roundTrip(values, 'float16'), values);
+    const bits = new Uint16Array(65536).map((_, i) => i);
+    const wide = await Tensor.fromBits(bits, [65536], { dtype: 'float16', device }).toFloat32Array();
+    const back = await bitsOf(await Tensor.from(wide, [65536], { device }).to('float16'));
+    let bad = 0;
+    for (let i = 0; i < 65536; i++) {
+      const isNaN = (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
+      if (isNaN ? !Number.isNaN(wide[i]!) : back[i] !== i) bad++;
+    }
+    t.is(bad, 0);
+  });
 
-test('NaN, ±Infinity and −0 survive float16 and bfloat16', async (t) => {
-  for (const dtype of ['float16', 'bfloat16'] as const) {
-    const [nan, inf, ninf, nzero, zero] = await roundTrip([NaN, Infinity, -Infinity, -0, 0], dtype);
-    t.true(Number.isNaN(nan), dtype);
-    t.is(inf, Infinity);
-    t.is(ninf, -Infinity);
-    t.true(Object.is(nzero, -0), `${dtype}: −0 keeps its sign`);
-    t.true(Object.is(zero, 0));
-  }
-  t.is(((Tensor.from([-0], [1], { dtype: 'float16' }))._storage as HostStorage).data[0], 0x8000);
-  t.is(((Tensor.from([Infinity], [1], { dtype: 'float16' }))._storage as HostStorage).data[0], 0x7c00);
-  t.is(((Tensor.from([-Infinity], [1], { dtype: 'bfloat16' }))._storage as HostStorage).data[0], 0xff80);
-});
+  test(`[${device}] bfloat16 rounds to nearest even (hand-checked values)`, async (t) => {
+    t.deepEqual(
+      await roundTrip([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20, 1 + 2 ** -9, -(1 + 3 * 2 ** -8), 3.14159265, 2 ** -134, 3 * 2 ** -134], 'bfloat16'),
+      [
+        1, // halfway between 1 and 1 + 2^-7: the even one
+        1.015625, // halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even)
+        1.0078125, // just above halfway: up
+        1, // below halfway: down
+        -1.015625,
+        3.140625,
+        0, // halfway between 0 and the smallest subnormal 2^-133: even (0)
+        2 ** -132, // halfway between 2^-133 (odd) and 2^-132 (even)
+      ],
+    );
+  });
 
-test('bfloat16 overflow: float32 max rounds up to infinity', async (t) => {
-  t.deepEqual(await roundTrip([3.4028234663852886e38, 3.3895313892515355e38], 'bfloat16'), [Infinity, 3.3895313892515355e38]);
-});
+  test(`[${device}] float16 rounds to nearest even, with subnormals and overflow to infinity (hand-checked values)`, async (t) => {
+    const cases: Array<[number, number]> = [
+      [1 + 2 ** -11, 1], // halfway: even
+      [1 + 3 * 2 ** -11, 1 + 2 ** -9], // halfway: up to even
+      [2049, 2048], // spacing 2 above 2048: halfway, even
+      [2051, 2052],
+      [65519, 65504], // below the midpoint to 65536
+      [65520, Infinity], // the midpoint rounds to 65536, which overflows
+      [1e6, Infinity],
+      [-1e6, -Infinity],
+      [2 ** -25, 0], // half the smallest subnormal: even (0)
+      [3 * 2 ** -26, 2 ** -24],
+      [2 ** -25 + 2 ** -35, 2 ** -24], // just above half
+      [1.5 * 2 ** -24, 2 ** -23], // halfway between 1 and 2 ulps: even (2)
+      [2.5 * 2 ** -24, 2 ** -23], // halfway between 2 and 3 ulps: even (2)
+      [1e-9, 0],
+      [1 / 3, 0.333251953125],
+    ];
+    t.deepEqual(await roundTrip(cases.map((c) => c[0]), 'float16'), cases.map((c) => c[1]));
+  });
 
-test('to() converts dtypes as copies and fromBits keeps raw patterns', async (t) => {
-  const a = Tensor.from([1.5, -2, 1 + 2 ** -8], [3]);
-  const b = await a.to('bfloat16');
-  t.is(b.dtype, 'bfloat16');
-  t.deepEqual(Array.from((b._storage as HostStorage).data), [0x3fc0, 0xc000, 0x3f80]);
-  const c = await b.to({ dtype: 'float32' });
-  t.deepEqual(Array.from(await c.toFloat32Array()), [1.5, -2, 1]);
-  const same = await a.to({});
-  t.not(same._storage, a._storage, 'to() always copies');
-  t.deepEqual(Array.from(await same.toFloat32Array()), Array.from(await a.toFloat32Array()));
-  const bits = new Uint16Array([0x3c00, 0xc000]);
-  const h = Tensor.fromBits(bits, [2], { dtype: 'float16' });
-  bits[0] = 0;
-  t.deepEqual(Array.from(await h.toFloat32Array()), [1, -2], 'fromBits copies');
-});
+  test(`[${device}] NaN, ±Infinity and −0 survive float16 and bfloat16`, async (t) => {
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      const [nan, inf, ninf, nzero, zero] = await roundTrip([NaN, Infinity, -Infinity, -0, 0], dtype);
+      t.true(Number.isNaN(nan), dtype);
+      t.is(inf, Infinity);
+      t.is(ninf, -Infinity);
+      t.true(Object.is(nzero, -0), `${dtype}: −0 keeps its sign`);
+      t.true(Object.is(zero, 0));
+    }
+    t.is((await bitsOf(Tensor.from([-0], [1], { dtype: 'float16', device })))[0], 0x8000);
+    t.is((await bitsOf(Tensor.from([Infinity], [1], { dtype: 'float16', device })))[0], 0x7c00);
+    t.is((await bitsOf(Tensor.from([-Infinity], [1], { dtype: 'bfloat16', device })))[0], 0xff80);
+  });
 
-// ---------------------------------------------------------------------------------------------------------
-// narrow
-// ---------------------------------------------------------------------------------------------------------
+  test(`[${device}] bfloat16 overflow: float32 max rounds up to infinity`, async (t) => {
+    t.deepEqual(await roundTrip([3.4028234663852886e38, 3.3895313892515355e38], 'bfloat16'), [Infinity, 3.3895313892515355e38]);
+  });
 
-test('narrow on each dim of a 3-D tensor matches a plain-loop reference', async (t) => {
-  const shape = [3, 4, 5];
-  const data = arange(60, 1, 1);
-  const x = Tensor.from(data, shape);
-  for (let dim = 0; dim < 3; dim++) {
-    for (let start = 0; start < shape[dim]!; start++) {
-      for (let length = 0; start + length <= shape[dim]!; length++) {
-        const n = x.narrow(dim, start, length);
-        const expectedShape = shape.slice();
-        expectedShape[dim] = length;
-        t.deepEqual(n.shape, expectedShape);
-        t.deepEqual(Array.from(await n.toFloat32Array()), narrowRef(data, shape, dim, start, length), `dim ${dim}, start ${start}, length ${length}`);
-        n.dispose();
+  test(`[${device}] to() converts dtypes as copies and fromBits keeps raw patterns`, async (t) => {
+    const a = Tensor.from([1.5, -2, 1 + 2 ** -8], [3], { device });
+    const b = await a.to('bfloat16');
+    t.is(b.dtype, 'bfloat16');
+    t.is(b.device, device);
+    t.deepEqual(Array.from(await bitsOf(b)), [0x3fc0, 0xc000, 0x3f80]);
+    const c = await b.to({ dtype: 'float32' });
+    t.is(c.device, device);
+    t.deepEqual(Array.from(await c.toFloat32Array()), [1.5, -2, 1]);
+    const same = await a.to({});
+    t.not(same._storage, a._storage, 'to() always copies');
+    t.deepEqual(Array.from(await same.toFloat32Array()), Array.from(await a.toFloat32Array()));
+    const bits = new Uint16Array([0x3c00, 0xc000]);
+    const h = Tensor.fromBits(bits, [2], { dtype: 'float16', device });
+    bits[0] = 0;
+    t.deepEqual(Array.from(await h.toFloat32Array()), [1, -2], 'fromBits copies');
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  // narrow
+  // -------------------------------------------------------------------------------------------------------
+
+  test(`[${device}] narrow on each dim of a 3-D tensor matches a plain-loop reference`, async (t) => {
+    const shape = [3, 4, 5];
+    const data = arange(60, 1, 1);
+    const x = Tensor.from(data, shape, { device });
+    for (let dim = 0; dim < 3; dim++) {
+      for (let start = 0; start < shape[dim]!; start++) {
+        for (let length = 0; start + length <= shape[dim]!; length++) {
+          const n = x.narrow(dim, start, length);
+          const expectedShape = shape.slice();
+          expectedShape[dim] = length;
+          t.deepEqual(n.shape, expectedShape);
+          t.is(n.device, device);
+          t.deepEqual(Array.from(await n.toFloat32Array()), narrowRef(data, shape, dim, start, length), `dim ${dim}, start ${start}, length ${length}`);
+          n.dispose();
+        }
       }
     }
-  }
-  // negative dims count from the end
-  t.deepEqual(Array.from(await x.narrow(-1, 1, 2).toFloat32Array()), narrowRef(data, shape, 2, 1, 2));
-  t.deepEqual(Array.from(await x.narrow(-3, 2, 1).toFloat32Array()), narrowRef(data, shape, 0, 2, 1));
-});
+    // negative dims count from the end
+    t.deepEqual(Array.from(await x.narrow(-1, 1, 2).toFloat32Array()), narrowRef(data, shape, 2, 1, 2));
+    t.deepEqual(Array.from(await x.narrow(-3, 2, 1).toFloat32Array()), narrowRef(data, shape, 0, 2, 1));
+  });
 
-test('narrow is a contiguous copy that keeps the dtype (bfloat16 bits unchanged)', async (t) => {
-  const bits = new Uint16Array(24).map((_, i) => 0x3f80 + i);
-  const x = Tensor.fromBits(bits, [2, 3, 4], { dtype: 'bfloat16' });
-  const n = x.narrow(1, 1, 2);
-  t.is(n.dtype, 'bfloat16');
-  t.deepEqual(Array.from((n._storage as HostStorage).data), narrowRef(bits, [2, 3, 4], 1, 1, 2));
-  x.dispose();
-  t.deepEqual(n.shape, [2, 2, 4], 'the copy outlives its source');
-  t.is((await n.toFloat32Array()).length, 16);
-});
+  test(`[${device}] narrow is a contiguous copy that keeps the dtype (bfloat16 bits unchanged)`, async (t) => {
+    const bits = new Uint16Array(24).map((_, i) => 0x3f80 + i);
+    const x = Tensor.fromBits(bits, [2, 3, 4], { dtype: 'bfloat16', device });
+    const n = x.narrow(1, 1, 2);
+    t.is(n.dtype, 'bfloat16');
+    t.deepEqual(Array.from(await bitsOf(n)), narrowRef(bits, [2, 3, 4], 1, 1, 2));
+    x.dispose();
+    t.deepEqual(n.shape, [2, 2, 4], 'the copy outlives its source');
+    t.is((await n.toFloat32Array()).length, 16);
+  });
+
+  // -------------------------------------------------------------------------------------------------------
+  // reshape and views
+  // -------------------------------------------------------------------------------------------------------
+
+  test(`[${device}] reshape shares memory (writes show through) and infers −1`, async (t) => {
+    const a = Tensor.arange([2, 3], { device });
+    const r = a.reshape([3, -1]);
+    t.deepEqual(r.shape, [3, 2]);
+    t.is(r._storage, a._storage);
+    await a._writeFloat32(new Float32Array([9, 8, 7, 6, 5, 4]));
+    t.deepEqual(Array.from(await r.toFloat32Array()), [9, 8, 7, 6, 5, 4]);
+    t.deepEqual(a.reshape([6]).shape, [6]);
+    t.deepEqual(Tensor.from([5], [1, 1], { device }).reshape([]).shape, []);
+  });
+
+  test(`[${device}] views keep storage alive until the last one is disposed; each view throws DISPOSED after its own dispose`, async (t) => {
+    const a = Tensor.arange([2, 3], { device });
+    const storage = a._storage;
+    // Touching the backing memory: HostStorage.data on cpu, CudaStorage.buffer on a GPU (both throw once freed).
+    const touch = device === 'cpu' ? () => (storage as HostStorage).data : () => (storage as CudaStorage).buffer;
+    const freed =
+      device === 'cpu'
+        ? { message: 'host storage used after free' }
+        : { instanceOf: TpkitError, code: 'DISPOSED', message: `device storage on ${device} was used after free()` };
+    const v1 = a.reshape([6]);
+    const v2 = v1.reshape([3, 2]);
+    a.dispose();
+    t.true(a.isDisposed);
+    t.deepEqual(Array.from(await v1.toFloat32Array()), [0, 1, 2, 3, 4, 5], 'a view outlives the original');
+    v1.dispose();
+    t.deepEqual(Array.from(await v2.toFloat32Array()), [0, 1, 2, 3, 4, 5]);
+    t.notThrows(touch, 'storage still held by v2');
+    v2.dispose();
+    t.throws(touch, freed, 'the last dispose frees the storage');
+  });
+}
 
 // ---------------------------------------------------------------------------------------------------------
-// reshape and dispose
+// Moving between devices (needs a GPU)
 // ---------------------------------------------------------------------------------------------------------
 
-test('reshape shares memory (writes show through) and infers −1', async (t) => {
-  const a = Tensor.arange([2, 3]);
-  const r = a.reshape([3, -1]);
-  t.deepEqual(r.shape, [3, 2]);
-  t.is(r._storage, a._storage);
-  await a._writeFloat32(new Float32Array([9, 8, 7, 6, 5, 4]));
-  t.deepEqual(Array.from(await r.toFloat32Array()), [9, 8, 7, 6, 5, 4]);
-  t.deepEqual(a.reshape([6]).shape, [6]);
-  t.deepEqual(Tensor.from([5], [1, 1]).reshape([]).shape, []);
-});
+for (const device of CUDA_DEVICES) {
+  test(`[${device}] to({ device }) copies cpu → ${device} → cpu keeping dtype, values and 16-bit patterns`, async (t) => {
+    const values = [1.5, -2, 1 + 2 ** -8, 0, -0, 65504, 2 ** -24, 3.14159265];
+    const host = Tensor.from(values, [2, 4]);
+    const onGpu = await host.to({ device: 'cuda' });
+    t.is(onGpu.device, device, "'cuda' means cuda:0");
+    t.deepEqual(onGpu.shape, [2, 4]);
+    const back = await onGpu.to({ device: 'cpu' });
+    t.is(back.device, 'cpu');
+    t.deepEqual(Array.from(await back.toFloat32Array()), Array.from(new Float32Array(values)));
+    for (const dtype of ['float16', 'bfloat16'] as const) {
+      const hostBits = await bitsOf(Tensor.from(values, [2, 4], { dtype }));
+      const moved = await Tensor.from(values, [2, 4]).to({ device, dtype });
+      t.is(moved.dtype, dtype);
+      t.deepEqual(Array.from(await bitsOf(moved)), Array.from(hostBits), `${dtype}: the device rounds as the host does`);
+      const fromBits = Tensor.fromBits(hostBits, [2, 4], { dtype, device });
+      const home = await fromBits.to({ device: 'cpu' });
+      t.is(home.dtype, dtype);
+      t.deepEqual(Array.from(await bitsOf(home)), Array.from(hostBits), `${dtype}: patterns survive the round trip`);
+    }
+  });
+}
 
-test('views keep storage alive until the last one is disposed; each view throws DISPOSED after its own dispose', async (t) => {
-  const a = Tensor.arange([2, 3]);
-  const storage = a._storage as HostStorage;
-  const v1 = a.reshape([6]);
-  const v2 = v1.reshape([3, 2]);
-  a.dispose();
-  t.true(a.isDisposed);
-  t.deepEqual(Array.from(await v1.toFloat32Array()), [0, 1, 2, 3, 4, 5], 'a view outlives the original');
-  v1.dispose();
-  t.deepEqual(Array.from(await v2.toFloat32Array()), [0, 1, 2, 3, 4, 5]);
-  t.notThrows(() => storage.data, 'storage still held by v2');
-  v2.dispose();
-  t.throws(() => storage.data, { message: 'host storage used after free' }, 'the last dispose frees the storage');
-});
+// ---------------------------------------------------------------------------------------------------------
+// dispose (cpu only: device independent, and the message names the device)
+// ---------------------------------------------------------------------------------------------------------
 
 test('use after dispose throws TpkitError DISPOSED everywhere; dispose is idempotent', async (t) => {
   const a = Tensor.from([1, 2, 3, 4], [2, 2], { dtype: 'float16' });
