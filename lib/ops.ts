@@ -106,7 +106,12 @@ export async function addBias(y: Tensor, bias: Tensor): Promise<Tensor> {
     throw new RangeError(`addBias shape mismatch: y ${formatShape(y.shape)} and bias ${formatShape(bias.shape)}`);
   }
   const out = y._ops.cast(y._storage, y.dtype);
-  await y._ops.biasAdd(out, bias._storage, rows(y), n!);
+  try {
+    await y._ops.biasAdd(out, bias._storage, rows(y), n!);
+  } catch (e) {
+    out.free(); // the copy belongs to no tensor yet (device memory on cuda)
+    throw e;
+  }
   return Tensor._wrap(out, y.shape);
 }
 
@@ -129,13 +134,14 @@ export async function siluAndMul(x: Tensor): Promise<Tensor> {
  * RMSNorm (Zhang & Sennrich 2019, as in Llama): y = x / sqrt(mean(x²) + eps) · weight over the last dim.
  * x `[..., n]`, weight `[n]`; the mean is accumulated in double precision on the host.
  *
- * @throws RangeError when the weight does not match the last dim; TypeError / RangeError for a bad eps
+ * @throws RangeError when the weight does not match the last dim; TypeError for a non-number eps, RangeError for
+ *   a non-finite or negative one
  */
 export async function rmsNorm(x: Tensor, weight: Tensor, eps = 1e-5): Promise<Tensor> {
   checkTensor(x, 'x');
   checkTensor(weight, 'weight');
   sameDevice(x, weight, 'rmsNorm');
-  finiteNumber(eps, 'eps');
+  if (finiteNumber(eps, 'eps') < 0) throw new RangeError(`Expected finite non-negative number for eps but received ${eps} of type number`);
   const n = x.shape[x.ndim - 1];
   if (weight.ndim !== 1 || weight.shape[0] !== n) {
     throw new RangeError(`rmsNorm shape mismatch: x ${formatShape(x.shape)} and weight ${formatShape(weight.shape)}`);

@@ -13,7 +13,7 @@ import path from 'node:path';
 import test from 'ava';
 
 import { clearHostPool, hostPoolStats } from '../lib/backend/host_pool';
-import { add, matmul } from '../lib/ops';
+import { add, addBias, matmul } from '../lib/ops';
 import { Tensor } from '../lib/tensor';
 import { randInt } from './helpers/reference';
 
@@ -98,6 +98,16 @@ test.serial('an input disposed while its matmul runs is not reused before the ma
   const z = Tensor.zeros([N, N]);
   t.is(hostPoolStats().hits, s.hits + 1);
   z.dispose();
+});
+
+test.serial('addBias that rejects frees the copy it made (it goes back to the pool)', async (t) => {
+  const y = Tensor.zeros([256, 256], { dtype: 'bfloat16' }); // 128 KiB of bits
+  const bias = Tensor.zeros([256], { dtype: 'bfloat16' });
+  const before = hostPoolStats().pooledBuffers;
+  await t.throwsAsync(() => addBias(y, bias), { instanceOf: TypeError });
+  t.is(hostPoolStats().pooledBuffers, before + 1);
+  y.dispose();
+  bias.dispose();
 });
 
 test.serial('the cap bounds the pooled bytes; the oldest buffers go first', async (t) => {

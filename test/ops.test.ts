@@ -77,6 +77,7 @@ const invalid: Array<[string, () => Promise<unknown> | unknown, typeof TypeError
   ['siluAndMul bfloat16', () => siluAndMul(z([2, 4], 'bfloat16')), TypeError, HOST_F32('bfloat16')],
   ['rmsNorm weight', () => rmsNorm(z([2, 4]), z([3])), RangeError, 'rmsNorm shape mismatch: x [2, 4] and weight [3]'],
   ['rmsNorm eps Infinity', () => rmsNorm(z([2, 4]), z([4]), Infinity), RangeError, 'Expected finite number for eps but received Infinity of type number'],
+  ['rmsNorm eps negative', () => rmsNorm(z([2, 4]), z([4]), -1e-6), RangeError, 'Expected finite non-negative number for eps but received -0.000001 of type number'],
   ['rmsNorm dtypes', () => rmsNorm(z([2, 4]), z([4], 'bfloat16')), TypeError, 'rmsNorm: tensors have different dtypes (float32 and bfloat16)'],
   ['add shapes', () => add(z([2, 3]), z([6])), RangeError, 'add shape mismatch: [2, 3] and [6]'],
   ['add dtypes', () => add(z([2]), z([2], 'float16')), TypeError, 'add: tensors have different dtypes (float32 and float16)'],

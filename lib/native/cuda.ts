@@ -117,7 +117,7 @@ export interface CudaAddon {
   download(src: NativeDeviceBuffer): Promise<Float32Array>;
   /** `dst[o, l, i] = src[o, start + l, i]` (a 2-D strided copy: `outer` rows of `length·inner` elements). */
   narrow(src: NativeDeviceBuffer, dst: NativeDeviceBuffer, outer: number, size: number, inner: number, start: number, length: number): void;
-  /** `dst[o, p, b] = parts[p][o, b]`: concatenation of equal parts along a dim. */
+  /** `dst[o, p, ·] = parts[p][o, ·]`: concatenation along a dim; part p contributes `blocks[p]` elements per outer row. */
   cat(parts: NativeDeviceBuffer[], dst: NativeDeviceBuffer, outer: number, blocks: number[]): void;
   /** `dst = src` converted to dst's dtype (round to nearest even); equal element counts. */
   cast(src: NativeDeviceBuffer, dst: NativeDeviceBuffer): void;
