@@ -285,11 +285,16 @@ for (const [setting, expect] of [
   [undefined, { idle: 0, nice: 0 }],
   ['idle', { idle: 1, nice: 0 }],
   ['12', { idle: 0, nice: 12 }],
+  ['option:idle', { idle: 1, nice: 0 }],
+  ['option:12', { idle: 0, nice: 12 }],
 ] as const) {
-  test(`world 2: TPKIT_GLOO_IO_PRIORITY=${setting ?? '(unset)'} sets the policy of exactly Gloo's I/O thread, and the all-reduce is right`, async (t) => {
+  test(`world 2: glooIoPriority ${setting ?? '(unset)'}: Gloo's I/O thread alone gets that priority, and the all-reduce is right`, async (t) => {
     if (process.platform !== 'linux') return t.pass('thread priorities are only set on Linux');
     const env: Record<string, string> = {};
-    if (setting !== undefined) env.TPKIT_GLOO_IO_PRIORITY = setting;
+    if (setting?.startsWith('option:')) {
+      env.TPKIT_TEST_IO_OPTION = setting.slice('option:'.length);
+      env.TPKIT_GLOO_IO_PRIORITY = 'normal'; // the option wins over the environment
+    } else if (setting !== undefined) env.TPKIT_GLOO_IO_PRIORITY = setting;
     const out = await runRanks<IoPriorityResult>(2, 'dist_collectives', 'iopriority', { timeoutMs: LAUNCH_TIMEOUT_MS, env });
     assertRanksOk(t, out);
     for (const [rank, r] of out.results.entries()) {

@@ -4,6 +4,7 @@
  */
 import test from 'ava';
 import { readDistEnv } from '../lib';
+import { glooIoPriority } from '../lib/distributed/gloo';
 
 test('torchrun / tpkit launch variables', (t) => {
   t.deepEqual(
@@ -39,4 +40,25 @@ test('bad values are rejected with the variable named', (t) => {
   t.throws(() => readDistEnv({ RANK: '0', WORLD_SIZE: '0', MASTER_PORT: '1' }), { instanceOf: RangeError, message: 'Expected positive integer for world size but received 0 of type number' });
   t.throws(() => readDistEnv({ RANK: '0', WORLD_SIZE: '2' }), { instanceOf: RangeError, message: 'MASTER_PORT must be set for a job of 2 processes (source: torchrun)' });
   t.throws(() => readDistEnv({ RANK: '0', WORLD_SIZE: '2', MASTER_PORT: '70000' }), { instanceOf: RangeError, message: 'Expected integer in [0, 65536) for MASTER_PORT but received 70000 of type number' });
+});
+
+test("glooIoPriority: option over TPKIT_GLOO_IO_PRIORITY over 'normal'; codes -1 / 1..19 / 20", (t) => {
+  t.is(glooIoPriority({}), -1);
+  t.is(glooIoPriority({ TPKIT_GLOO_IO_PRIORITY: '' }), -1);
+  t.is(glooIoPriority({ TPKIT_GLOO_IO_PRIORITY: 'normal' }), -1);
+  t.is(glooIoPriority({ TPKIT_GLOO_IO_PRIORITY: ' IDLE ' }), 20);
+  t.is(glooIoPriority({ TPKIT_GLOO_IO_PRIORITY: '19' }), 19);
+  t.is(glooIoPriority({ TPKIT_GLOO_IO_PRIORITY: 'idle' }, 'normal'), -1, 'the option wins');
+  t.is(glooIoPriority({}, 'idle'), 20);
+  t.is(glooIoPriority({}, 7), 7);
+});
+
+test('glooIoPriority: bad values name the option or the variable', (t) => {
+  const env = (v: string) => ({ TPKIT_GLOO_IO_PRIORITY: v });
+  for (const v of ['0', '20', '-1', '5.5', 'low']) {
+    t.throws(() => glooIoPriority(env(v)), { instanceOf: RangeError, message: `TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${v}'` });
+  }
+  t.throws(() => glooIoPriority({}, 0), { instanceOf: RangeError, message: "Expected 'normal', 'idle' or a nice value from 1 to 19 for glooIoPriority but received 0" });
+  t.throws(() => glooIoPriority({}, ''), { instanceOf: RangeError, message: "Expected 'normal', 'idle' or a nice value from 1 to 19 for glooIoPriority but received ''" });
+  t.throws(() => glooIoPriority({}, true), { instanceOf: TypeError, message: "Expected 'normal', 'idle' or a nice value from 1 to 19 for glooIoPriority but received true of type boolean" });
 });

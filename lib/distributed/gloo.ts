@@ -33,8 +33,9 @@ function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor
 }
 
 /**
- * Reads `TPKIT_GLOO_IO_PRIORITY`, the scheduling priority of Gloo's I/O thread (one per group): `normal`
- * (default: the process's own), `idle` (Linux SCHED_IDLE) or a nice value 1–19.
+ * The scheduling priority of Gloo's I/O thread (one per group): the `glooIoPriority` option of
+ * initDistributed, else `TPKIT_GLOO_IO_PRIORITY`: `normal` (default: the process's own), `idle` (Linux
+ * SCHED_IDLE) or a nice value 1–19.
  *
  * Gloo's I/O thread spins while an operation's thread holds a connection. On a machine with few cores and
  * nothing else running, `idle` keeps that spinning off the cores the operation needs: measured on 2 cores,
@@ -44,14 +45,22 @@ function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor
  * 3 ms with `normal`. Hence `normal` by default; use `idle` only on machines the job has to itself.
  *
  * @returns -1 (inherit), 1..19 (nice) or 20 (SCHED_IDLE), as the native communicator takes it
- * @throws RangeError for any other value
+ * @throws TypeError for an option that is neither a string nor a number; RangeError for any other value
  */
-export function glooIoPriority(env: NodeJS.ProcessEnv): number {
-  const v = (env.TPKIT_GLOO_IO_PRIORITY ?? '').trim().toLowerCase();
-  if (v === '' || v === 'normal') return -1;
+export function glooIoPriority(env: NodeJS.ProcessEnv, option?: unknown): number {
+  const fromOption = option !== undefined;
+  if (fromOption && typeof option !== 'string' && typeof option !== 'number') {
+    throw new TypeError(`Expected 'normal', 'idle' or a nice value from 1 to 19 for glooIoPriority but received ${String(option)} of type ${typeof option}`);
+  }
+  const raw = fromOption ? String(option) : env.TPKIT_GLOO_IO_PRIORITY ?? '';
+  const v = raw.trim().toLowerCase();
+  if (v === 'normal' || (!fromOption && v === '')) return -1;
   if (v === 'idle') return 20;
   if (/^\d+$/.test(v) && Number(v) >= 1 && Number(v) <= 19) return Number(v);
-  throw new RangeError(`TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${env.TPKIT_GLOO_IO_PRIORITY}'`);
+  if (fromOption) {
+    throw new RangeError(`Expected 'normal', 'idle' or a nice value from 1 to 19 for glooIoPriority but received ${typeof option === 'string' ? `'${option}'` : String(option)}`);
+  }
+  throw new RangeError(`TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${raw}'`);
 }
 
 /** Gloo-backed {@link Communicator}. */

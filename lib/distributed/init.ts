@@ -30,6 +30,13 @@ export interface InitOptions {
    * Default: env `TPKIT_TIMEOUT_MS`, else 300 000 (PyTorch's default).
    */
   timeoutMs?: number;
+  /**
+   * Scheduling priority of Gloo's I/O threads (gloo backend, Linux): `'normal'` (default), `'idle'`
+   * (SCHED_IDLE: several-fold faster small and mid-size collectives on a machine the job has to itself, starved
+   * under CPU load from other processes; measured in bench/README.md) or a nice value 1–19.
+   * Default: env `TPKIT_GLOO_IO_PRIORITY`, else `'normal'`.
+   */
+  glooIoPriority?: 'normal' | 'idle' | number;
   /** Overrides the environment (tests, embedding): see {@link readDistEnv}. */
   env?: NodeJS.ProcessEnv;
 }
@@ -108,6 +115,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
   const env = o.env ?? process.env;
   let backend = oneOf(o.backend, 'backend', ['gloo', 'nccl', 'auto'] as const, 'auto');
   const timeoutMs = o.timeoutMs === undefined ? defaultTimeout(env) : positiveInteger(o.timeoutMs, 'timeoutMs');
+  const ioPriorityCode = glooIoPriority(env, o.glooIoPriority);
   const e = readDistEnv(env);
   if (current) {
     throw new TpkitError('ALREADY_INITIALIZED', `initDistributed: a world group (${current}) is live; call destroy() on it first`);
@@ -132,7 +140,6 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     if (backend === 'nccl') nccl = require('./nccl') as typeof import('./nccl');
   }
 
-  const ioPriority = backend === 'gloo' ? glooIoPriority(env) : -1;
   const store = await openStore(e, timeoutMs);
   const name = `tpkit/${e.runId}/init${generation++}`;
   const check = (env.TPKIT_CHECK ?? 'on').toLowerCase() !== 'off';
@@ -146,7 +153,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     async connectCommunicator(rankInGroup, size, t, groupName): Promise<Communicator> {
       const c: Communicator = nccl
         ? new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t)
-        : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriority);
+        : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriorityCode);
       await c.connect(prefixedStore(store, groupName, t));
       return c;
     },
