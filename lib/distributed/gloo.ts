@@ -42,7 +42,8 @@ function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor
  * 2 ranks, a 1 MiB all-reduce took 0.70 ms instead of 2.4–3.7 ms (bench/README.md, "Gloo's I/O thread
  * priority"). But under CPU load from other processes a low-priority I/O thread starves: with two busy
  * processes on the same 2 cores a 4 KiB all-reduce took 210 ms with `idle` and 23 ms at nice 19, against
- * 3 ms with `normal`. Hence `normal` by default; use `idle` only on machines the job has to itself.
+ * 3 ms with `normal`; and with 4 ranks on 2 cores the other ranks' OpenBLAS threads starved it in a 512-token
+ * prefill. Hence `normal` by default; use `idle` only on machines the job has to itself, at most one rank per core.
  *
  * @returns -1 (inherit), 1..19 (nice) or 20 (SCHED_IDLE), as the native communicator takes it
  * @throws TypeError for an option that is neither a string nor a number; RangeError for any other value

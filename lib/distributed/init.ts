@@ -33,7 +33,7 @@ export interface InitOptions {
   /**
    * Scheduling priority of Gloo's I/O threads (gloo backend, Linux): `'normal'` (default), `'idle'`
    * (SCHED_IDLE: several-fold faster small and mid-size collectives on a machine the job has to itself, starved
-   * under CPU load from other processes; measured in bench/README.md) or a nice value 1–19.
+   * under CPU load from other processes or more ranks than cores; measured in bench/README.md) or a nice value 1–19.
    * Default: env `TPKIT_GLOO_IO_PRIORITY`, else `'normal'`.
    */
   glooIoPriority?: 'normal' | 'idle' | number;
