@@ -45,6 +45,7 @@ interface AllResult {
     worldAfter: number[];
   };
   callCounts: Record<string, number>;
+  big: Record<string, Shaped> & { broadcast: number[][] };
 }
 
 // Every case runs on host tensors; on a GPU machine also on cuda tensors, staged through the host by gloo.
@@ -166,6 +167,38 @@ for (const W of WORLD_SIZES) {
     }
   });
 
+  // Past the 4096 elements that travel inside the descriptor exchange: Gloo's algorithms and the ring.
+  test(`world ${W}${D}: allGather, reduceScatter, broadcast and allToAll of more than 4096 elements per rank`, async (t) => {
+    const res = await results(t, W);
+    const gShape = [2, 3, 1000];
+    const parts = Array.from({ length: W }, (_, r) => arange(6000, r + 1));
+    for (const dim of [0, 1, 2]) {
+      const expected = catRef(parts, gShape, dim);
+      for (const r of res) t.deepEqual(r.big[`allGather/${dim}`]!.values, expected, `allGather dim ${dim}, rank ${r.rank}`);
+    }
+    const rsShape = [4, 8, 200];
+    for (const dim of [0, 1]) {
+      for (const op of ['sum', 'max', 'avg']) {
+        const reduced = arange(numel(rsShape)).map((x) => REDUCE[op]!(W, x));
+        const len = rsShape[dim]! / W;
+        const outShape = rsShape.slice();
+        outShape[dim] = len;
+        for (const r of res) {
+          const got = r.big[`reduceScatter/${dim}/${op}`]!;
+          t.deepEqual(got.shape, outShape);
+          t.deepEqual(got.values, narrowRef(reduced, rsShape, dim, r.rank * len, len), `reduceScatter ${op} dim ${dim}, rank ${r.rank}`);
+        }
+      }
+    }
+    for (const r of res) {
+      r.big.broadcast.forEach((got, root) => t.deepEqual(got, arange(5000, root + 1), `broadcast root ${root}, rank ${r.rank}`));
+      const expected: number[] = [];
+      for (let j = 0; j < W; j++) for (let k = 0; k < 6000; k++) expected.push(100_000 * j + r.rank * 6000 + k);
+      t.deepEqual(r.big.allToAll!.shape, [2 * W, 3000]);
+      t.deepEqual(r.big.allToAll!.values, expected, `allToAll, rank ${r.rank}`);
+    }
+  });
+
   test(`world ${W}${D}: barrier releases nobody before the last rank arrived`, async (t) => {
     const res = await results(t, W);
     const lastEnter = Math.max(...res.map((r) => r.barrier.enter));
@@ -190,10 +223,10 @@ for (const W of WORLD_SIZES) {
   test(`world ${W}${D}: callCounts count each kind of operation`, async (t) => {
     for (const r of await results(t, W)) {
       t.is(r.callCounts.allReduce, 5 + 5 + 1 + 1);
-      t.is(r.callCounts.allGather, 4 + 1 + 1);
-      t.is(r.callCounts.reduceScatter, 6 + 1);
-      t.is(r.callCounts.broadcast, W + 1);
-      t.is(r.callCounts.allToAll, 1);
+      t.is(r.callCounts.allGather, 4 + 3 + 1 + 1);
+      t.is(r.callCounts.reduceScatter, 6 + 6 + 1);
+      t.is(r.callCounts.broadcast, W + W + 1);
+      t.is(r.callCounts.allToAll, 1 + 1);
       t.is(r.callCounts.barrier, 1);
       t.is(r.callCounts.send, W > 1 ? 3 : 0);
       t.is(r.callCounts.recv, W > 1 ? 3 : 0);

@@ -77,8 +77,9 @@ struct Descriptor {
   int64_t seq, op, dtype, count, root, redop, dim;
 };
 constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
-// All-reduces of at most this many elements travel inside the descriptor exchange (16 KiB: one token's
-// activation of a 4096-wide model). Measured in bench/README.md ("Small all-reduces in one round").
+// Collectives whose data (per rank: all-reduce, all-gather, broadcast, all-to-all and reduce-scatter inputs) is
+// at most this many elements travel inside the descriptor exchange (16 KiB: one token's activation of a
+// 4096-wide model). Measured in bench/README.md ("Small collectives in one round").
 constexpr size_t kInlineFloats = 4096;
 constexpr size_t kInlineWords = kInlineFloats / 2;
 
@@ -544,8 +545,17 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 6, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t);
+    size_t stride = 0;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const float* gathered = s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t, small ? in : nullptr,
+                                     static_cast<size_t>(count), &stride);
     if (count == 0) return;
+    if (gathered != nullptr) {  // the exchange carried every rank's input
+      for (int r = 0; r < s->size; r++) {
+        std::memcpy(out + count * r, gathered + stride * r, sizeof(float) * static_cast<size_t>(count));
+      }
+      return;
+    }
     gloo::AllgatherOptions opts(s->ctx);
     opts.setInput(in, static_cast<size_t>(count));
     opts.setOutput(out, static_cast<size_t>(count * s->size));
@@ -570,11 +580,22 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 7, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    s->Agree({seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim}, t);
     const int n = s->size;
     const int r = s->rank;
     const size_t bytes = sizeof(float) * static_cast<size_t>(chunk);
-    if (n > 1 && chunk > 0) {
+    const size_t total = static_cast<size_t>(chunk) * static_cast<size_t>(n);
+    const bool small = n > 1 && chunk > 0 && total <= kInlineFloats;
+    size_t stride = 0;
+    const float* gathered = s->Agree({seq, kReduceScatter, dtype, chunk * n, -1, redop, dim}, t,
+                                     small ? work : nullptr, total, &stride);
+    if (gathered != nullptr) {
+      // The exchange carried every rank's whole input: reduce chunk r of each, in rank order.
+      std::memcpy(work + chunk * r, gathered + chunk * r, bytes);
+      for (int q = 1; q < n; q++) {
+        ReduceInto(redop == 4 ? 0 : redop, work + chunk * r, gathered + stride * q + chunk * r,
+                   static_cast<size_t>(chunk));
+      }
+    } else if (n > 1 && chunk > 0) {
       std::vector<float> tmp(static_cast<size_t>(chunk));
       auto sendBuf = s->ctx->createUnboundBuffer(work, bytes * n);
       auto recvBuf = s->ctx->createUnboundBuffer(tmp.data(), bytes);
@@ -610,8 +631,17 @@ Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    s->Agree({seq, kBroadcast, dtype, count, root, -1, -1}, t);
+    size_t stride = 0;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const float* gathered = s->Agree({seq, kBroadcast, dtype, count, root, -1, -1}, t, small ? buf : nullptr,
+                                     static_cast<size_t>(count), &stride);
     if (count == 0) return;
+    if (gathered != nullptr) {  // the exchange carried the root's elements
+      if (s->rank != root) {
+        std::memcpy(buf, gathered + stride * root, sizeof(float) * static_cast<size_t>(count));
+      }
+      return;
+    }
     gloo::BroadcastOptions opts(s->ctx);
     opts.setOutput(buf, static_cast<size_t>(count));
     opts.setRoot(static_cast<int>(root));
@@ -633,8 +663,18 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t);
+    size_t stride = 0;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const float* gathered = s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t, small ? in : nullptr,
+                                     static_cast<size_t>(count), &stride);
     if (count == 0) return;
+    if (gathered != nullptr) {  // the exchange carried every rank's whole input: keep chunk `rank` of each
+      const int64_t chunk = count / s->size;
+      for (int q = 0; q < s->size; q++) {
+        std::memcpy(out + chunk * q, gathered + stride * q + chunk * s->rank, sizeof(float) * static_cast<size_t>(chunk));
+      }
+      return;
+    }
     if (s->size == 1) {
       std::memcpy(out, in, sizeof(float) * static_cast<size_t>(count));
       return;
@@ -656,6 +696,9 @@ Napi::Value GlooComm::Barrier(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     s->Agree({seq, kBarrier, 0, 0, -1, -1, -1}, t);
+    // With the check on, the exchange was itself a barrier: no rank finishes an all-gather before every rank
+    // has contributed its block.
+    if (s->check) return;
     gloo::BarrierOptions opts(s->ctx);
     opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
     opts.setTimeout(t);
