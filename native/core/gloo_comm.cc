@@ -80,8 +80,13 @@ constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
 // Collectives whose data (per rank: all-reduce, all-gather, broadcast, all-to-all and reduce-scatter inputs) is
 // at most this many elements travel inside the descriptor exchange (16 KiB: one token's activation of a
 // 4096-wide model). Measured in bench/README.md ("Small collectives in one round").
+// The room shrinks with the group size so that the whole exchange stays at most 256 KiB per operation (64
+// ranks: 1024 elements each); every rank of a group computes the same room.
 constexpr size_t kInlineFloats = 4096;
-constexpr size_t kInlineWords = kInlineFloats / 2;
+constexpr size_t kInlineTotalFloats = 65536;
+size_t InlineFloatsFor(int size) {
+  return std::min(kInlineFloats, (kInlineTotalFloats / static_cast<size_t>(std::max(size, 1))) & ~size_t{1});
+}
 
 std::string Describe(const Descriptor& d) {
   std::ostringstream s;
@@ -198,6 +203,7 @@ struct GlooState {
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
   int64_t pending = 0;    // main thread only
   std::vector<int64_t> exchangeIn, exchangeOut;  // Agree's blocks (communicator thread only)
+  size_t inlineFloats = 0;                       // room for data in Agree's block (InlineFloatsFor(size))
 
   // Calls into the completion function unless Node already tore it down (then the job is dropped: the
   // process is exiting and nothing awaits it).
@@ -284,17 +290,17 @@ struct GlooState {
 
   // Exchanges descriptors with every rank; throws COLLECTIVE_MISMATCH naming each rank's view on mismatch.
   //
-  // `payload` (at most kInlineFloats floats; null for none) rides along: then the return value points at rank 0's
+  // `payload` (at most inlineFloats floats; null for none) rides along: then the return value points at rank 0's
   // copy of it in the gathered blocks and `*stride` is the distance in floats between ranks' copies. Small
   // all-reduces use this to finish in this one round instead of a descriptor round plus a ring (2(n-1) more
-  // steps). With the check on every operation's block has the same size (descriptor + kInlineFloats), whatever
+  // steps). With the check on every operation's block has the same size (descriptor + inlineFloats), whatever
   // its element count, so ranks that disagree still exchange cleanly and report the mismatch. With the check
   // off only the payload is gathered (the ranks are trusted to agree).
   const float* Agree(const Descriptor& mine, ms opTimeout, const float* payload = nullptr, size_t count = 0,
                      size_t* stride = nullptr) {
     if (size == 1 || (!check && payload == nullptr)) return nullptr;
     const size_t descWords = check ? kDescWords : 0;
-    const size_t payloadWords = check ? kInlineWords : (count + 1) / 2;
+    const size_t payloadWords = check ? inlineFloats / 2 : (count + 1) / 2;
     const size_t blockWords = descWords + payloadWords;
     if (exchangeIn.size() < blockWords) exchangeIn.resize(blockWords);
     if (exchangeOut.size() < blockWords * size) exchangeOut.resize(blockWords * size);
@@ -375,6 +381,7 @@ GlooComm::GlooComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<GlooComm>(
   Napi::Env env = info.Env();
   auto s = std::make_shared<GlooState>();
   s->size = static_cast<int>(IntArg(info, 1, "size", 1, 1 << 20));
+  s->inlineFloats = InlineFloatsFor(s->size);
   s->rank = static_cast<int>(IntArg(info, 0, "rank", 0, s->size - 1));
   if (!info[2].IsString()) throw Napi::TypeError::New(env, "Expected string for hostname");
   s->hostname = info[2].As<Napi::String>().Utf8Value();
@@ -503,7 +510,7 @@ Napi::Value GlooComm::AllReduce(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
     size_t stride = 0;
     const float* gathered = s->Agree({seq, kAllReduce, dtype, count, -1, redop, -1}, t, small ? buf : nullptr,
                                      static_cast<size_t>(count), &stride);
@@ -546,7 +553,7 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
     const float* gathered = s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
@@ -584,7 +591,7 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
     const int r = s->rank;
     const size_t bytes = sizeof(float) * static_cast<size_t>(chunk);
     const size_t total = static_cast<size_t>(chunk) * static_cast<size_t>(n);
-    const bool small = n > 1 && chunk > 0 && total <= kInlineFloats;
+    const bool small = n > 1 && chunk > 0 && total <= s->inlineFloats;
     size_t stride = 0;
     const float* gathered = s->Agree({seq, kReduceScatter, dtype, chunk * n, -1, redop, dim}, t,
                                      small ? work : nullptr, total, &stride);
@@ -632,7 +639,7 @@ Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
     const float* gathered = s->Agree({seq, kBroadcast, dtype, count, root, -1, -1}, t, small ? buf : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
@@ -664,7 +671,7 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= kInlineFloats;
+    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
     const float* gathered = s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
