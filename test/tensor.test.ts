@@ -131,33 +131,33 @@ for (const device of DEVICES) {
   const roundTrip = async (values: number[], dtype: 'float16' | 'bfloat16'): Promise<number[]> =>
     Array.from(await Tensor.from(values, [values.length], { dtype, device }).toFloat32Array());
 
+  /**
+   * Widens all 65536 bit patterns of `dtype` to float32 and narrows them back; counts the patterns that do not
+   * come back unchanged (NaNs — exponent bits all set, mantissa non-zero — need only stay NaN).
+   */
+  const badBitPatterns = async (dtype: 'float16' | 'bfloat16', expMask: number, mantMask: number): Promise<number> => {
+    const bits = new Uint16Array(65536).map((_, i) => i);
+    const wide = await Tensor.fromBits(bits, [65536], { dtype, device }).toFloat32Array();
+    const back = await bitsOf(await Tensor.from(wide, [65536], { device }).to(dtype));
+    let bad = 0;
+    for (let i = 0; i < 65536; i++) {
+      const isNaN = (i & expMask) === expMask && (i & mantMask) !== 0;
+      if (isNaN ? !Number.isNaN(wide[i]!) : back[i] !== i) bad++;
+    }
+    return bad;
+  };
+
   test(`[${device}] bfloat16 ↔ float32 is exact on representable values`, async (t) => {
     const values = [0, 1, -2, 0.5, 3.140625, 0.0078125, 2 ** 100, -(2 ** -126), 2 ** -133, 65280, 1.9921875];
     t.deepEqual(await roundTrip(values, 'bfloat16'), values);
     // every one of the 65536 bit patterns widens and narrows back unchanged (NaNs stay NaN)
-    const bits = new Uint16Array(65536).map((_, i) => i);
-    const wide = await Tensor.fromBits(bits, [65536], { dtype: 'bfloat16', device }).toFloat32Array();
-    const back = await bitsOf(await Tensor.from(wide, [65536], { device }).to('bfloat16'));
-    let bad = 0;
-    for (let i = 0; i < 65536; i++) {
-      const isNaN = (i & 0x7f80) === 0x7f80 && (i & 0x7f) !== 0;
-      if (isNaN ? !Number.isNaN(wide[i]!) : back[i] !== i) bad++;
-    }
-    t.is(bad, 0);
+    t.is(await badBitPatterns('bfloat16', 0x7f80, 0x7f), 0);
   });
 
   test(`[${device}] float16 ↔ float32 is exact on representable values (normals, subnormals, max)`, async (t) => {
     const values = [0, 1, -1.5, 0.333251953125, 65504, -65504, 2 ** -14, 2 ** -24, 3 * 2 ** -24, 1023 * 2 ** -24, 2048, 0.0999755859375];
     t.deepEqual(await roundTrip(values, 'float16'), values);
-    const bits = new Uint16Array(65536).map((_, i) => i);
-    const wide = await Tensor.fromBits(bits, [65536], { dtype: 'float16', device }).toFloat32Array();
-    const back = await bitsOf(await Tensor.from(wide, [65536], { device }).to('float16'));
-    let bad = 0;
-    for (let i = 0; i < 65536; i++) {
-      const isNaN = (i & 0x7c00) === 0x7c00 && (i & 0x3ff) !== 0;
-      if (isNaN ? !Number.isNaN(wide[i]!) : back[i] !== i) bad++;
-    }
-    t.is(bad, 0);
+    t.is(await badBitPatterns('float16', 0x7c00, 0x3ff), 0);
   });
 
   test(`[${device}] bfloat16 rounds to nearest even (hand-checked values)`, async (t) => {

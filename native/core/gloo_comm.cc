@@ -283,6 +283,9 @@ struct GlooState {
     }
   }
 
+  // Whether `n` elements per rank travel inside Agree's block (the same answer on every rank that agrees on n).
+  bool Inline(int64_t n) const { return size > 1 && n > 0 && static_cast<size_t>(n) <= inlineFloats; }
+
   void RequireConnected() const {
     if (!connected) throw CodedError{"NOT_INITIALIZED", "communicator is not connected"};
     if (broken) throw CodedError{"GROUP_BROKEN", "communicator is broken by an earlier failure"};
@@ -510,7 +513,7 @@ Napi::Value GlooComm::AllReduce(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
+    const bool small = s->Inline(count);
     size_t stride = 0;
     const float* gathered = s->Agree({seq, kAllReduce, dtype, count, -1, redop, -1}, t, small ? buf : nullptr,
                                      static_cast<size_t>(count), &stride);
@@ -553,7 +556,7 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
+    const bool small = s->Inline(count);
     const float* gathered = s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
@@ -591,7 +594,7 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
     const int r = s->rank;
     const size_t bytes = sizeof(float) * static_cast<size_t>(chunk);
     const size_t total = static_cast<size_t>(chunk) * static_cast<size_t>(n);
-    const bool small = n > 1 && chunk > 0 && total <= s->inlineFloats;
+    const bool small = s->Inline(chunk * n);
     size_t stride = 0;
     const float* gathered = s->Agree({seq, kReduceScatter, dtype, chunk * n, -1, redop, dim}, t,
                                      small ? work : nullptr, total, &stride);
@@ -639,7 +642,7 @@ Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
+    const bool small = s->Inline(count);
     const float* gathered = s->Agree({seq, kBroadcast, dtype, count, root, -1, -1}, t, small ? buf : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
@@ -671,7 +674,7 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
-    const bool small = s->size > 1 && count > 0 && static_cast<size_t>(count) <= s->inlineFloats;
+    const bool small = s->Inline(count);
     const float* gathered = s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
