@@ -5,6 +5,7 @@
       "sources": [
         "native/core/addon.cc",
         "native/core/async_work.cc",
+        "native/core/attention.cc",
         "native/core/blas.cc",
         "native/core/gloo_comm.cc",
         "native/core/js_store.cc",

@@ -180,13 +180,44 @@ export const cpuOps: DeviceOps = {
       return out;
     }),
   async embedding(table, ids, dim) {
-    const src = host(table).f32;
-    const out = alloc(ids.length * dim, 'float32');
-    const o = out.f32;
+    // A raw row copy, so float16 / bfloat16 tables gather too. Rows of id −1 are zeroed explicitly: a pooled
+    // buffer holds a previous tensor's values.
+    const src = host(table).data;
+    const out = alloc(ids.length * dim, table.dtype);
+    const o = out.data;
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i]!;
       if (id >= 0) o.set(src.subarray(id * dim, (id + 1) * dim), i * dim);
+      else o.fill(0, i * dim, (i + 1) * dim);
     }
     return out;
+  },
+  rotary: (x, positions, invFreq, rows, numHeads, headDim, scaling) =>
+    hostWork(async () => {
+      const out = alloc(rows * numHeads * headDim, 'float32');
+      await loadCore().rotary(host(x).f32, positions, invFreq, out.f32, rows, numHeads, headDim, scaling);
+      return out;
+    }),
+  attention: (q, k, v, T, numHeads, numKvHeads, headDim, kvLength, scale) =>
+    hostWork(async () => {
+      const out = alloc(T * numHeads * headDim, 'float32');
+      await loadCore().attention(host(q).f32, host(k).f32, host(v).f32, out.f32, T, numHeads, numKvHeads, headDim, kvLength, scale);
+      return out;
+    }),
+  softmax: (x, rows, n) =>
+    hostWork(async () => {
+      const out = alloc(rows * n, 'float32');
+      await loadCore().softmax(host(x).f32, out.f32, rows, n);
+      return out;
+    }),
+  argmax: (x, rows, n) =>
+    hostWork(async () => {
+      const out = new Int32Array(rows);
+      await loadCore().argmax(host(x).f32, out, rows, n);
+      return out;
+    }),
+  async copyRows(dst, dstOffset, src, count) {
+    // A memcpy (TypedArray.set) of raw elements: any dtype.
+    host(dst).data.set(host(src).data.subarray(0, count), dstOffset);
   },
 };

@@ -217,6 +217,33 @@ export const cudaOps: DeviceOps = {
   async embedding(table, ids, dim) {
     return produce(table, table.dtype, ids.length * dim, (out) => cudaAddon().embedding(buf(table), ids, out, dim));
   },
+  async rotary(x, positions, invFreq, rows, numHeads, headDim, scaling) {
+    return produce(x, x.dtype, rows * numHeads * headDim, (out) =>
+      cudaAddon().rotary(buf(x), positions, invFreq, out, rows, numHeads, headDim, scaling),
+    );
+  },
+  async attention(q, k, v, T, numHeads, numKvHeads, headDim, kvLength, scale) {
+    return produce(q, q.dtype, T * numHeads * headDim, (out) =>
+      cudaAddon().attention(buf(q), buf(k), buf(v), out, T, numHeads, numKvHeads, headDim, kvLength, scale),
+    );
+  },
+  async softmax(x, rows, n) {
+    return produce(x, x.dtype, rows * n, (out) => cudaAddon().softmax(buf(x), out, rows, n));
+  },
+  async argmax(x, rows, n) {
+    // The kernel stores int32 indices in a float32-typed buffer; download() of a float32 buffer copies its bytes
+    // unchanged, so the indices come back exactly and are reinterpreted (no conversion through float values).
+    const idx = produce(x, 'float32', rows, (out) => cudaAddon().argmax(buf(x), out, rows, n));
+    try {
+      const f = await cudaAddon().download(idx.buffer);
+      return new Int32Array(f.buffer, f.byteOffset, rows);
+    } finally {
+      idx.free();
+    }
+  },
+  async copyRows(dst, dstOffset, src, count) {
+    cudaAddon().copyRows(buf(dst), dstOffset, buf(src), count);
+  },
 };
 
 registerCudaBackend(() => {

@@ -64,4 +64,22 @@ export interface DeviceOps {
   add(a: Storage, b: Storage): Promise<Storage>;
   /** Rows of `table` [vocab, dim] at `ids` (−1 → a zero row). */
   embedding(table: Storage, ids: Int32Array, dim: number): Promise<Storage>;
+  /**
+   * Rotate-half RoPE of x [rows, numHeads·headDim] (new storage): angle = positions[t]·invFreq[i] in float32,
+   * c = cos(angle)·scaling, s = sin(angle)·scaling; out[i] = x[i]·c − x[i+half]·s, out[i+half] = x[i+half]·c + x[i]·s.
+   * `positions` holds the float32 values of the rows' positions, `invFreq` headDim/2 values.
+   */
+  rotary(x: Storage, positions: Float32Array, invFreq: Float32Array, rows: number, numHeads: number, headDim: number, scaling: number): Promise<Storage>;
+  /**
+   * Causal grouped-query attention (new storage [T, numHeads·headDim]): q [T, numHeads·headDim]; k, v hold at
+   * least kvLength rows of numKvHeads·headDim; query t attends to keys 0..kvLength − T + t; query head h reads kv
+   * head h / (numHeads / numKvHeads).
+   */
+  attention(q: Storage, k: Storage, v: Storage, T: number, numHeads: number, numKvHeads: number, headDim: number, kvLength: number, scale: number): Promise<Storage>;
+  /** Max-subtracted softmax over rows of `n` (new storage). */
+  softmax(x: Storage, rows: number, n: number): Promise<Storage>;
+  /** Index of the largest value of each of `rows` rows of `n` ≥ 1 (first on ties, NaN largest). */
+  argmax(x: Storage, rows: number, n: number): Promise<Int32Array>;
+  /** In place: dst[dstOffset + i] = src[i] for i < count (elements; same dtype). */
+  copyRows(dst: Storage, dstOffset: number, src: Storage, count: number): Promise<void>;
 }

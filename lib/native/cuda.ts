@@ -133,6 +133,22 @@ export interface CudaAddon {
   add(a: NativeDeviceBuffer, b: NativeDeviceBuffer, out: NativeDeviceBuffer): void;
   /** Rows of `table [vocab, dim]` at `ids`; ids outside [0, vocab) give a zero row. */
   embedding(table: NativeDeviceBuffer, ids: Int32Array, out: NativeDeviceBuffer, dim: number): void;
+  /**
+   * Rotate-half RoPE of x `[rows, numHeads·headDim]` into out (float32 math); `positions` (rows) and `invFreq`
+   * (headDim/2) are float32 host arrays, staged to the device before the call returns.
+   */
+  rotary(x: NativeDeviceBuffer, positions: Float32Array, invFreq: Float32Array, out: NativeDeviceBuffer, rows: number, numHeads: number, headDim: number, scaling: number): void;
+  /** Causal grouped-query attention over the first kvLength rows of k / v into out `[T, numHeads·headDim]`. */
+  attention(q: NativeDeviceBuffer, k: NativeDeviceBuffer, v: NativeDeviceBuffer, out: NativeDeviceBuffer, T: number, numHeads: number, numKvHeads: number, headDim: number, kvLength: number, scale: number): void;
+  /** Max-subtracted softmax of each row of `n` (float32 math). */
+  softmax(x: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, n: number): void;
+  /**
+   * Index of the largest value of each row (first on ties, NaN largest), stored as int32 bit patterns in `out`,
+   * a float32 buffer of ≥ rows elements (download() copies float32 bytes unchanged).
+   */
+  argmax(x: NativeDeviceBuffer, out: NativeDeviceBuffer, rows: number, n: number): void;
+  /** `dst[dstOffset + i] = src[i]` for i < count (elements, same dtype): a device-to-device cudaMemcpyAsync. */
+  copyRows(dst: NativeDeviceBuffer, dstOffset: number, src: NativeDeviceBuffer, count: number): void;
   /** Fills `out` (≥ 128 bytes) with a fresh ncclUniqueId (runs on the libuv pool). */
   ncclUniqueId(out: Uint8Array): Promise<void>;
   /** `new NcclComm(rank, size, device, timeoutMs)`. */

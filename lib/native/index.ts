@@ -40,6 +40,13 @@ export interface CoreAddon {
   siluAndMul(x: Float32Array, out: Float32Array, rows: number, d: number): NativePromise;
   rmsNorm(x: Float32Array, weight: Float32Array, out: Float32Array, rows: number, cols: number, eps: number): NativePromise;
   add(a: Float32Array, b: Float32Array, out: Float32Array, n: number): NativePromise;
+  /** Rotate-half RoPE (native/core/attention.h). */
+  rotary(x: Float32Array, positions: Float32Array, invFreq: Float32Array, out: Float32Array, rows: number, numHeads: number, headDim: number, scaling: number): NativePromise;
+  /** Causal grouped-query attention over the first kvLength rows of k / v (native/core/attention.h). */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, T: number, numHeads: number, numKvHeads: number, headDim: number, kvLength: number, scale: number): NativePromise;
+  softmax(x: Float32Array, out: Float32Array, rows: number, n: number): NativePromise;
+  /** out[r] = index of the largest value of row r (first on ties, NaN largest); n ≥ 1. */
+  argmax(x: Float32Array, out: Int32Array, rows: number, n: number): NativePromise;
   GlooComm: new (rank: number, size: number, hostname: string, timeoutMs: number, check: boolean, ioPriority: number) => NativeGlooComm;
 }
 

@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "async_work.h"
+#include "attention.h"
 #include "blas.h"
 #include "gloo_comm.h"
 #include "kernels.h"
@@ -32,6 +33,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("siluAndMul", Napi::Function::New(env, SiluAndMul));
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));
   exports.Set("add", Napi::Function::New(env, Add));
+  exports.Set("rotary", Napi::Function::New(env, Rotary));
+  exports.Set("attention", Napi::Function::New(env, Attention));
+  exports.Set("softmax", Napi::Function::New(env, Softmax));
+  exports.Set("argmax", Napi::Function::New(env, Argmax));
   exports.Set("GlooComm", GlooComm::Init(env));
   return exports;
 }
