@@ -13,6 +13,7 @@ import type { SafetensorsFile } from '../checkpoint/safetensors';
 import { nonEmptyString, positiveInteger, typeError } from '../validate';
 import { LayerOptions, Parallel, divide, layerOptions, loaded, readShard, resolveParallel, toParam } from './common';
 import { cat } from '../ops';
+import type { ProcessGroup } from '../distributed/process_group';
 
 /** vLLM's default vocabulary padding. */
 export const VOCAB_PADDING_SIZE = 64;
@@ -65,6 +66,11 @@ export class VocabParallelEmbedding {
     this.numEmbeddingsPerPartition = divide(this.numEmbeddingsPadded, this.tpSize, 'padded vocabulary size');
     this.vocabStartIndex = this.tpRank * this.numEmbeddingsPerPartition;
     this.vocabEndIndex = this.vocabStartIndex + this.numEmbeddingsPerPartition;
+  }
+
+  /** The tensor-parallel group of the layer, or null for TP size 1 without a group. */
+  get group(): ProcessGroup | null {
+    return this.#p.group;
   }
 
   /** This rank's table `[numEmbeddingsPerPartition, embeddingDim]`. @throws TpkitError `NOT_INITIALIZED` before loadWeight */

@@ -1,0 +1,274 @@
+/**
+ * Hugging Face `config.json` of the Llama family, read and checked field by field.
+ *
+ * tpkit implements one decoder architecture — pre-norm RMSNorm, rotary attention with grouped-query heads,
+ * SwiGLU MLP (transformers' `modeling_llama.py`) — under the three names whose configs describe it:
+ * `LlamaForCausalLM`, `MistralForCausalLM` and `Qwen2ForCausalLM` (q/k/v biases). Every field that would make
+ * transformers compute something else and that tpkit does not implement is a `TpkitError` `UNSUPPORTED`
+ * naming the field, never a silently different model. Defaults are transformers' (`configuration_llama.py`,
+ * `configuration_mistral.py`, `configuration_qwen2.py`).
+ *
+ * @module
+ */
+import { TpkitError } from '../errors';
+
+/** The architectures {@link parseLlamaConfig} accepts (Hugging Face class names). */
+export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'] as const;
+
+/** One of {@link SUPPORTED_ARCHITECTURES}. */
+export type LlamaArchitecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+/** RoPE variants tpkit computes (transformers' `ROPE_INIT_FUNCTIONS` keys). */
+export type RopeType = 'default' | 'linear' | 'llama3';
+
+/** The rotary embedding, resolved from `rope_theta` / `rope_scaling` or `rope_parameters`. */
+export interface RopeConfig {
+  /** Variant (`default` = plain RoPE of Su et al. 2021). */
+  ropeType: RopeType;
+  /** Base θ of the inverse frequencies θ^(−2i/d). */
+  theta: number;
+  /** Scaling factor (`linear`, `llama3`). */
+  factor: number;
+  /** `llama3`: low-frequency factor. */
+  lowFreqFactor: number;
+  /** `llama3`: high-frequency factor. */
+  highFreqFactor: number;
+  /** `llama3`: context length of the original training (tokens). */
+  originalMaxPositionEmbeddings: number;
+}
+
+/** A checked Llama-family configuration (camelCase of the Hugging Face fields, defaults applied). */
+export interface LlamaConfig {
+  /** `architectures[0]`. */
+  architecture: LlamaArchitecture;
+  /** `model_type` (`llama`, `mistral`, `qwen2`). */
+  modelType: string;
+  /** `hidden_size`. */
+  hiddenSize: number;
+  /** `intermediate_size` of the MLP. */
+  intermediateSize: number;
+  /** `num_hidden_layers`. */
+  numHiddenLayers: number;
+  /** `num_attention_heads` (query heads). */
+  numAttentionHeads: number;
+  /** `num_key_value_heads` (default: `num_attention_heads`). */
+  numKeyValueHeads: number;
+  /** `head_dim` (default `hidden_size / num_attention_heads`; may differ from it). */
+  headDim: number;
+  /** `vocab_size`. */
+  vocabSize: number;
+  /** `rms_norm_eps` (default 1e-6). */
+  rmsNormEps: number;
+  /** `tie_word_embeddings`: the LM head reuses `embed_tokens` (default false). */
+  tieWordEmbeddings: boolean;
+  /** Biases on q, k and v (Llama's `attention_bias`; always for Qwen2). */
+  qkvBias: boolean;
+  /** Bias on o_proj (Llama's `attention_bias`; never for Qwen2). */
+  oProjBias: boolean;
+  /** `mlp_bias` (Llama; default false). */
+  mlpBias: boolean;
+  /** `max_position_embeddings`. */
+  maxPositionEmbeddings: number;
+  /** Mistral's `sliding_window` when set: sequences longer than it are rejected (tokens), else null. */
+  slidingWindow: number | null;
+  /** `eos_token_id` as a list (empty when absent). */
+  eosTokenIds: number[];
+  /** `bos_token_id` or null. */
+  bosTokenId: number | null;
+  /** The rotary embedding. */
+  rope: RopeConfig;
+}
+
+type Json = Record<string, unknown>;
+
+function unsupported(field: string, value: unknown, why: string): TpkitError {
+  return new TpkitError('UNSUPPORTED', `config.json: ${field} = ${JSON.stringify(value)} is not supported (${why})`);
+}
+
+function invalid(field: string, expected: string, value: unknown): TpkitError {
+  return new TpkitError('CHECKPOINT_INVALID', `config.json: expected ${expected} for ${field} but received ${JSON.stringify(value)}`);
+}
+
+function posInt(c: Json, field: string, fallback?: number): number {
+  const v = c[field];
+  if ((v === undefined || v === null) && fallback !== undefined) return fallback;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v <= 0) throw invalid(field, 'a positive integer', v);
+  return v;
+}
+
+function posNumber(c: Json, field: string, fallback: number): number {
+  const v = c[field];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw invalid(field, 'a positive number', v);
+  return v;
+}
+
+function bool(c: Json, field: string, fallback: boolean): boolean {
+  const v = c[field];
+  if (v === undefined || v === null) return fallback;
+  if (typeof v !== 'boolean') throw invalid(field, 'a boolean', v);
+  return v;
+}
+
+function tokenIds(c: Json, field: string): number[] {
+  const v = c[field];
+  if (v === undefined || v === null) return [];
+  const list = Array.isArray(v) ? v : [v];
+  for (const id of list) if (typeof id !== 'number' || !Number.isInteger(id) || id < 0) throw invalid(field, 'a token id or a list of them', v);
+  return list as number[];
+}
+
+/** Fields that mean a model other than the dense decoder tpkit computes, and the value that is harmless. */
+const REJECTED_FIELDS: readonly [string, (v: unknown) => boolean, string][] = [
+  ['num_local_experts', (v) => !v, 'mixture-of-experts layers are not implemented'],
+  ['num_experts', (v) => !v, 'mixture-of-experts layers are not implemented'],
+  ['moe_intermediate_size', (v) => !v, 'mixture-of-experts layers are not implemented'],
+  ['use_sliding_window', (v) => v !== true, 'sliding-window attention is not implemented'],
+  ['partial_rotary_factor', (v) => v === 1 || v === 1.0, 'partial rotary embeddings are not implemented'],
+  ['pretraining_tp', (v) => typeof v === 'number' && Number.isInteger(v) && v >= 1, 'expected a positive integer'],
+  ['attn_logit_softcapping', (v) => !v, 'attention soft-capping is not implemented'],
+  ['final_logit_softcapping', (v) => !v, 'logit soft-capping is not implemented'],
+  ['layer_types', (v) => !Array.isArray(v) || v.every((t) => t === 'full_attention'), 'only full attention layers are implemented'],
+  ['no_rope_layers', (v) => !Array.isArray(v) || v.every((t) => t === 1 || t === true), 'layers without RoPE are not implemented'],
+  ['quantization_config', (v) => !v, 'quantized checkpoints are not implemented'],
+];
+
+function parseRope(c: Json, headDim: number): RopeConfig {
+  // transformers ≥ 4.5x keep the variant in `rope_parameters` (holding rope_theta too); older configs have
+  // `rope_theta` at the top level and an optional `rope_scaling` object. `rope_parameters` wins when present.
+  const params = c['rope_parameters'];
+  let scaling: Json | null;
+  let theta: number;
+  let source: string;
+  if (params !== undefined && params !== null) {
+    if (typeof params !== 'object' || Array.isArray(params)) throw invalid('rope_parameters', 'an object', params);
+    scaling = params as Json;
+    source = 'rope_parameters';
+    theta = posNumber(scaling, 'rope_theta', posNumber(c, 'rope_theta', 10000));
+  } else {
+    const rs = c['rope_scaling'];
+    if (rs !== undefined && rs !== null && (typeof rs !== 'object' || Array.isArray(rs))) throw invalid('rope_scaling', 'an object or null', rs);
+    scaling = (rs as Json | null | undefined) ?? null;
+    source = 'rope_scaling';
+    theta = posNumber(c, 'rope_theta', 10000);
+  }
+  const rawType = scaling ? (scaling['rope_type'] ?? scaling['type'] ?? 'default') : 'default';
+  if (rawType !== 'default' && rawType !== 'linear' && rawType !== 'llama3') {
+    throw unsupported(`${source}.rope_type`, rawType, "tpkit implements RoPE types 'default', 'linear' and 'llama3'");
+  }
+  const partial = scaling?.['partial_rotary_factor'];
+  if (partial !== undefined && partial !== null && partial !== 1) throw unsupported(`${source}.partial_rotary_factor`, partial, 'partial rotary embeddings are not implemented');
+  if (headDim % 2 !== 0) throw invalid('head_dim', 'an even head dimension for rotary embeddings', headDim);
+  const rope: RopeConfig = { ropeType: rawType, theta, factor: 1, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 8192 };
+  const where = (f: string) => `${source}.${f}`;
+  const num = (f: string, fallback?: number): number => {
+    const v = scaling![f];
+    if ((v === undefined || v === null) && fallback !== undefined) return fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw invalid(where(f), 'a positive number', v);
+    return v;
+  };
+  if (rawType === 'linear') rope.factor = num('factor');
+  if (rawType === 'llama3') {
+    rope.factor = num('factor');
+    rope.lowFreqFactor = num('low_freq_factor');
+    rope.highFreqFactor = num('high_freq_factor');
+    rope.originalMaxPositionEmbeddings = num('original_max_position_embeddings');
+    if (rope.highFreqFactor <= rope.lowFreqFactor) throw invalid(where('high_freq_factor'), `a value above low_freq_factor ${rope.lowFreqFactor}`, rope.highFreqFactor);
+  }
+  const attn = scaling?.['attention_factor'];
+  if (attn !== undefined && attn !== null && attn !== 1) throw unsupported(where('attention_factor'), attn, 'only an attention factor of 1 is implemented');
+  return rope;
+}
+
+/**
+ * Checks a parsed `config.json` and returns the fields tpkit uses, with transformers' defaults.
+ *
+ * @param json - the parsed file
+ * @returns the configuration
+ * @throws TpkitError `UNSUPPORTED` naming the field for another architecture, a RoPE type other than
+ *   `default` / `linear` / `llama3`, `hidden_act` other than `silu`, mixture-of-experts or sliding-window
+ *   fields, soft-capping, partial rotary factors or quantization; `CHECKPOINT_INVALID` naming the field for a
+ *   missing or malformed value (e.g. heads that do not divide, a non-integer size)
+ */
+export function parseLlamaConfig(json: unknown): LlamaConfig {
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw invalid('the top level', 'a JSON object', json);
+  const c = json as Json;
+  const archs = c['architectures'];
+  if (!Array.isArray(archs) || archs.length === 0 || typeof archs[0] !== 'string') throw invalid('architectures', 'a non-empty list of class names', archs);
+  if (archs.length > 1) throw unsupported('architectures', archs, 'one architecture per checkpoint');
+  const architecture = archs[0] as string;
+  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture)) {
+    throw unsupported('architectures', archs, `tpkit implements ${SUPPORTED_ARCHITECTURES.join(', ')}`);
+  }
+  const arch = architecture as LlamaArchitecture;
+  const act = c['hidden_act'] ?? 'silu';
+  if (act !== 'silu') throw unsupported('hidden_act', act, "the MLP activation is SiLU ('silu')");
+  for (const [field, ok, why] of REJECTED_FIELDS) {
+    if (field in c && c[field] !== null && !ok(c[field])) throw unsupported(field, c[field], why);
+  }
+  const hiddenSize = posInt(c, 'hidden_size');
+  const numAttentionHeads = posInt(c, 'num_attention_heads');
+  const numKeyValueHeads = posInt(c, 'num_key_value_heads', numAttentionHeads);
+  if (numAttentionHeads % numKeyValueHeads !== 0) {
+    throw invalid('num_key_value_heads', `a divisor of num_attention_heads ${numAttentionHeads}`, numKeyValueHeads);
+  }
+  const defaultHeadDim = hiddenSize / numAttentionHeads;
+  const headDim = posInt(c, 'head_dim', Number.isInteger(defaultHeadDim) ? defaultHeadDim : undefined);
+  let slidingWindow: number | null = null;
+  if (arch === 'MistralForCausalLM' && c['sliding_window'] !== undefined && c['sliding_window'] !== null) {
+    slidingWindow = posInt(c, 'sliding_window');
+  }
+  const attentionBias = bool(c, 'attention_bias', false);
+  const qwen = arch === 'Qwen2ForCausalLM';
+  const bos = tokenIds(c, 'bos_token_id');
+  return {
+    architecture: arch,
+    modelType: typeof c['model_type'] === 'string' ? (c['model_type'] as string) : arch.replace('ForCausalLM', '').toLowerCase(),
+    hiddenSize,
+    intermediateSize: posInt(c, 'intermediate_size'),
+    numHiddenLayers: posInt(c, 'num_hidden_layers'),
+    numAttentionHeads,
+    numKeyValueHeads,
+    headDim,
+    vocabSize: posInt(c, 'vocab_size'),
+    rmsNormEps: posNumber(c, 'rms_norm_eps', 1e-6),
+    tieWordEmbeddings: bool(c, 'tie_word_embeddings', false),
+    qkvBias: qwen ? true : attentionBias,
+    oProjBias: qwen ? false : attentionBias,
+    mlpBias: qwen ? false : bool(c, 'mlp_bias', false),
+    maxPositionEmbeddings: posInt(c, 'max_position_embeddings', 2048),
+    slidingWindow,
+    eosTokenIds: tokenIds(c, 'eos_token_id'),
+    bosTokenId: bos.length > 0 ? bos[0]! : null,
+    rope: parseRope(c, headDim),
+  };
+}
+
+/**
+ * The inverse frequencies of the rotary embedding, `headDim / 2` float32 values, and the factor cos/sin are
+ * scaled by (transformers' `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
+ * `_compute_llama3_parameters` in `modeling_rope_utils.py`): inv_freq[i] = θ^(−2i/d); `linear` divides them
+ * by `factor`; `llama3` divides the low frequencies (wavelength above original / low_freq_factor) by
+ * `factor`, keeps the high ones (wavelength below original / high_freq_factor) and interpolates between.
+ * Computed in float64 and rounded once to float32.
+ */
+export function ropeInvFreq(rope: RopeConfig, headDim: number): { invFreq: Float32Array; attentionScaling: number } {
+  const half = headDim / 2;
+  const invFreq = new Float32Array(half);
+  for (let i = 0; i < half; i++) {
+    let f = 1 / Math.pow(rope.theta, (2 * i) / headDim);
+    if (rope.ropeType === 'linear') f /= rope.factor;
+    else if (rope.ropeType === 'llama3') {
+      const lowWavelen = rope.originalMaxPositionEmbeddings / rope.lowFreqFactor;
+      const highWavelen = rope.originalMaxPositionEmbeddings / rope.highFreqFactor;
+      const wavelen = (2 * Math.PI) / f;
+      if (wavelen > lowWavelen) f /= rope.factor;
+      else if (wavelen >= highWavelen) {
+        const smooth = (rope.originalMaxPositionEmbeddings / wavelen - rope.lowFreqFactor) / (rope.highFreqFactor - rope.lowFreqFactor);
+        f = (1 - smooth) * (f / rope.factor) + smooth * f;
+      }
+    }
+    invFreq[i] = f;
+  }
+  return { invFreq, attentionScaling: 1 };
+}
