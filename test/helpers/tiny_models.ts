@@ -156,6 +156,7 @@ export async function writeTinyModel(dir: string, spec: TinyModelSpec): Promise<
   const config = JSON.parse(JSON.stringify(cfg)) as RefConfig;
 
   const shapes = referenceWeightShapes(config);
+  const tied = config.tie_word_embeddings === true; // after extraConfig
   const randn = normals(mulberry32(spec.seed ?? 1));
   const raw = new Map<string, RawTensor>();
   const weights: RefWeights = new Map();
@@ -166,10 +167,10 @@ export async function writeTinyModel(dir: string, spec: TinyModelSpec): Promise<
     // A tied table doubles as lm_head, so each token's own embedding (still in the residual stream) would
     // dominate its logits and greedy decoding would echo the last token: keep the table small (std
     // 1/sqrt(hidden)) and double what the layers add to the residual (o_proj, down_proj).
-    const std = name === 'model.embed_tokens.weight' ? (tie ? scale / Math.sqrt(hidden) : scale)
+    const std = name === 'model.embed_tokens.weight' ? (tied ? scale / Math.sqrt(hidden) : scale)
       : name === 'lm_head.weight' ? (3 * scale) / Math.sqrt(hidden)
         : name.endsWith('.bias') ? 0.1 * scale
-          : ((tie && /(o_proj|down_proj)\.weight$/.test(name) ? 2 : 1) * scale) / Math.sqrt(shape[1]!);
+          : ((tied && /(o_proj|down_proj)\.weight$/.test(name) ? 2 : 1) * scale) / Math.sqrt(shape[1]!);
     for (let i = 0; i < n; i++) values[i] = isNorm ? 1 + 0.1 * randn() : std * randn();
     if (name === 'model.layers.0.self_attn.q_proj.weight') {
       SUBNORMALS[dtype].forEach((s, j) => { values[(j * 7 + 3) % n] = s; });
