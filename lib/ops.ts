@@ -398,6 +398,7 @@ export async function copyRows(dst: Tensor, rowOffset: number, src: Tensor): Pro
   if (offset + n > R) {
     throw new RangeError(`copyRows: src ${formatShape(src.shape)} at rowOffset ${offset} does not fit in dst ${formatShape(dst.shape)} (rows ${offset}..${offset + n - 1} of ${R})`);
   }
+  if (dst._storage === src._storage) return; // the same tensor fits only at rowOffset 0: nothing to copy
   const inner = dst.shape.slice(1).reduce((a, b) => a * b, 1);
   await dst._ops.copyRows(dst._storage, offset * inner, src._storage, src.numel);
 }

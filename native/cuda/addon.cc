@@ -38,6 +38,11 @@ Napi::Object InitCuda(Napi::Env env, Napi::Object exports) {
   exports.Set("rmsNorm", Napi::Function::New(env, CudaRmsNorm));
   exports.Set("add", Napi::Function::New(env, CudaAdd));
   exports.Set("embedding", Napi::Function::New(env, CudaEmbedding));
+  exports.Set("rotary", Napi::Function::New(env, CudaRotary));
+  exports.Set("attention", Napi::Function::New(env, CudaAttention));
+  exports.Set("softmax", Napi::Function::New(env, CudaSoftmax));
+  exports.Set("argmax", Napi::Function::New(env, CudaArgmax));
+  exports.Set("copyRows", Napi::Function::New(env, CudaCopyRows));
   exports.Set("ncclUniqueId", Napi::Function::New(env, NcclUniqueId));
   exports.Set("NcclComm", NcclComm::Init(env));
   return exports;

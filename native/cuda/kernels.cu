@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 
 #include "kernels.h"
@@ -138,6 +139,196 @@ cudaError_t LaunchCopyRows(const void* src, size_t srcPitch, void* dst, size_t d
   return cudaGetLastError();
 }
 
+// --- reductions over a block (blockDim.x a multiple of 32, at most 1024); every thread gets the result ---------
+
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+__device__ __forceinline__ float WarpMax(float v) {
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// `red` holds 32 floats of shared memory; the trailing barrier lets the next call reuse it.
+template <bool kMax>
+__device__ float BlockReduce(float v, float* red) {
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned warp = threadIdx.x >> 5;
+  const unsigned warps = blockDim.x >> 5;
+  v = kMax ? WarpMax(v) : WarpSum(v);
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float r = lane < warps ? red[lane] : (kMax ? -INFINITY : 0.0f);
+  r = kMax ? WarpMax(r) : WarpSum(r);
+  __syncthreads();
+  return r;
+}
+
+template <typename T>
+__global__ void RotaryKernel(const T* x, const float* positions, const float* invFreq, T* out, size_t rows,
+                             size_t numHeads, size_t headDim, float scaling) {
+  const size_t half = headDim / 2;
+  TPKIT_GRID_STRIDE(i, rows * numHeads * half) {
+    const size_t j = i % half;
+    const size_t rowHead = i / half;  // t · numHeads + h
+    const size_t t = rowHead / numHeads;
+    const float angle = __fmul_rn(positions[t], invFreq[j]);  // one float32 product, as transformers
+    float s;
+    float c;
+    sincosf(angle, &s, &c);  // full-range argument reduction (not the __sincosf intrinsic)
+    c = __fmul_rn(c, scaling);
+    s = __fmul_rn(s, scaling);
+    const size_t base = rowHead * headDim;
+    const float a = ToFloat(x[base + j]);
+    const float b = ToFloat(x[base + j + half]);
+    out[base + j] = FromFloat<T>(a * c - b * s);
+    out[base + j + half] = FromFloat<T>(b * c + a * s);
+  }
+}
+
+constexpr unsigned kAttentionThreads = 128;
+constexpr unsigned kAttentionTile = 128;  // keys scored per step of the online softmax
+
+// Block (t, h) = blockIdx.x = t · numHeads + h. Dynamic shared memory: q row [headDim], accumulator [headDim],
+// probabilities of the current tile [kAttentionTile]. Each step scores a tile of keys (one warp per key, lanes
+// across headDim), folds it into the running max m and sum l (rescaling the accumulator by e^(m_old − m_new),
+// as FlashAttention's online softmax), then adds Σ p_j v_j with threads across headDim.
+template <typename T>
+__global__ void AttentionKernel(const T* q, const T* k, const T* v, T* out, size_t T_, size_t numHeads, size_t group,
+                                size_t headDim, size_t kvLength, float scale) {
+  extern __shared__ float smem[];
+  float* qs = smem;
+  float* acc = qs + headDim;
+  float* p = acc + headDim;
+  __shared__ float red[32];
+  const size_t t = blockIdx.x / numHeads;
+  const size_t h = blockIdx.x - t * numHeads;
+  const size_t qStride = numHeads * headDim;
+  const size_t kvStride = (numHeads / group) * headDim;
+  const size_t kvOff = (h / group) * headDim;
+  const size_t last = kvLength - T_ + t;  // keys 0..last are visible to this query
+  const T* qr = q + t * qStride + h * headDim;
+  for (size_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+    qs[d] = ToFloat(qr[d]);
+    acc[d] = 0.0f;
+  }
+  __syncthreads();
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned warp = threadIdx.x >> 5;
+  const unsigned warps = blockDim.x >> 5;
+  float m = -INFINITY;
+  float l = 0.0f;
+  for (size_t j0 = 0; j0 <= last; j0 += kAttentionTile) {
+    const unsigned n = static_cast<unsigned>(min(static_cast<size_t>(kAttentionTile), last + 1 - j0));
+    for (unsigned jj = warp; jj < n; jj += warps) {
+      const T* kr = k + (j0 + jj) * kvStride + kvOff;
+      float dot = 0.0f;
+      for (size_t d = lane; d < headDim; d += 32) dot += qs[d] * ToFloat(kr[d]);
+      dot = WarpSum(dot);
+      if (lane == 0) p[jj] = dot * scale;
+    }
+    __syncthreads();
+    float tileMax = -INFINITY;
+    for (unsigned jj = threadIdx.x; jj < n; jj += blockDim.x) tileMax = fmaxf(tileMax, p[jj]);
+    const float mNew = fmaxf(m, BlockReduce<true>(tileMax, red));
+    const float alpha = expf(m - mNew);  // 0 on the first tile (m = −∞)
+    float tileSum = 0.0f;
+    for (unsigned jj = threadIdx.x; jj < n; jj += blockDim.x) {
+      const float e = expf(p[jj] - mNew);
+      p[jj] = e;
+      tileSum += e;
+    }
+    l = l * alpha + BlockReduce<false>(tileSum, red);  // its barriers also publish p
+    m = mNew;
+    for (size_t d = threadIdx.x; d < headDim; d += blockDim.x) {
+      const T* vc = v + j0 * kvStride + kvOff + d;
+      float a = acc[d] * alpha;
+      for (unsigned jj = 0; jj < n; jj++) a += p[jj] * ToFloat(vc[jj * kvStride]);
+      acc[d] = a;
+    }
+    __syncthreads();  // p is rewritten by the next tile
+  }
+  const float inv = 1.0f / l;
+  T* o = out + t * qStride + h * headDim;
+  for (size_t d = threadIdx.x; d < headDim; d += blockDim.x) o[d] = FromFloat<T>(acc[d] * inv);
+}
+
+// One block per row (grid-stride over rows): max, Σ exp(x − max), then the normalised values.
+template <typename T>
+__global__ void SoftmaxKernel(const T* x, T* out, size_t rows, size_t n) {
+  __shared__ float red[32];
+  for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * n;
+    T* o = out + r * n;
+    float m = -INFINITY;
+    for (size_t c = threadIdx.x; c < n; c += blockDim.x) m = fmaxf(m, ToFloat(xr[c]));
+    m = BlockReduce<true>(m, red);
+    float s = 0.0f;
+    for (size_t c = threadIdx.x; c < n; c += blockDim.x) s += expf(ToFloat(xr[c]) - m);
+    s = BlockReduce<false>(s, red);
+    const float inv = 1.0f / s;
+    for (size_t c = threadIdx.x; c < n; c += blockDim.x) o[c] = FromFloat<T>(expf(ToFloat(xr[c]) - m) * inv);
+  }
+}
+
+// Whether value a at index ia beats b at ib: NaN beats every number, a larger value a smaller one, and on ties
+// (NaN and NaN included) the lower index wins. A strict total order, so the shuffle reduction is exact.
+__device__ __forceinline__ bool Beats(float a, int ia, float b, int ib) {
+  const bool an = isnan(a);
+  const bool bn = isnan(b);
+  if (an || bn) return an && (!bn || ia < ib);
+  return a > b || (a == b && ia < ib);
+}
+
+__device__ __forceinline__ void WarpArgmax(float& v, int& i) {
+  for (int off = 16; off > 0; off >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, off);
+    if (Beats(ov, oi, v, i)) {
+      v = ov;
+      i = oi;
+    }
+  }
+}
+
+template <typename T>
+__global__ void ArgmaxKernel(const T* x, int32_t* out, size_t rows, size_t n) {
+  __shared__ float sv[32];
+  __shared__ int si[32];
+  const unsigned lane = threadIdx.x & 31u;
+  const unsigned warp = threadIdx.x >> 5;
+  const unsigned warps = blockDim.x >> 5;
+  for (size_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* xr = x + r * n;
+    float bv = -INFINITY;
+    int bi = INT_MAX;  // loses to every element, −∞ included
+    for (size_t c = threadIdx.x; c < n; c += blockDim.x) {
+      const float val = ToFloat(xr[c]);
+      if (Beats(val, static_cast<int>(c), bv, bi)) {
+        bv = val;
+        bi = static_cast<int>(c);
+      }
+    }
+    WarpArgmax(bv, bi);
+    if (lane == 0) {
+      sv[warp] = bv;
+      si[warp] = bi;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      bv = lane < warps ? sv[lane] : -INFINITY;
+      bi = lane < warps ? si[lane] : INT_MAX;
+      WarpArgmax(bv, bi);
+      if (lane == 0) out[r] = bi;
+    }
+    __syncthreads();  // sv / si are reused by the next row
+  }
+}
+
+unsigned RowThreads(size_t n) { return n >= 8192 ? 1024u : (n >= 1024 ? 512u : 256u); }
+
 }  // namespace
 
 cudaError_t Cast(const void* src, int srcType, void* dst, int dstType, size_t n, cudaStream_t stream) {
@@ -205,6 +396,58 @@ cudaError_t Embedding(const void* table, const int32_t* ids, void* out, size_t c
                                                                              static_cast<uint16_t*>(out), count, dim, vocab);
   }
   return cudaGetLastError();
+}
+
+cudaError_t Rotary(const void* x, const float* positions, const float* invFreq, void* out, size_t rows, size_t numHeads,
+                   size_t headDim, float scaling, int type, cudaStream_t stream) {
+  if (headDim % 2 != 0) return cudaErrorInvalidValue;
+  const size_t n = rows * numHeads * (headDim / 2);
+  if (n == 0) return cudaSuccess;
+  return Dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    RotaryKernel<T><<<Blocks(n), kThreads, 0, stream>>>(static_cast<const T*>(x), positions, invFreq, static_cast<T*>(out),
+                                                         rows, numHeads, headDim, scaling);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t Attention(const void* q, const void* k, const void* v, void* out, size_t T, size_t numHeads, size_t numKvHeads,
+                      size_t headDim, size_t kvLength, float scale, int type, cudaStream_t stream) {
+  if (numHeads == 0 || numKvHeads == 0 || numHeads % numKvHeads != 0 || T > kvLength || headDim == 0 ||
+      headDim > kMaxAttentionHeadDim || T * numHeads > static_cast<size_t>(INT_MAX)) {
+    return cudaErrorInvalidValue;
+  }
+  if (T == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(T * numHeads);
+  const size_t smem = (2 * headDim + kAttentionTile) * sizeof(float);
+  return Dispatch(type, [&](auto tag) {
+    using E = decltype(tag);
+    AttentionKernel<E><<<blocks, kAttentionThreads, smem, stream>>>(static_cast<const E*>(q), static_cast<const E*>(k),
+                                                                    static_cast<const E*>(v), static_cast<E*>(out), T,
+                                                                    numHeads, numHeads / numKvHeads, headDim, kvLength, scale);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t Softmax(const void* x, void* out, size_t rows, size_t n, int type, cudaStream_t stream) {
+  if (rows == 0 || n == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(rows, kMaxBlocks));
+  return Dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    SoftmaxKernel<T><<<blocks, RowThreads(n), 0, stream>>>(static_cast<const T*>(x), static_cast<T*>(out), rows, n);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t Argmax(const void* x, int32_t* out, size_t rows, size_t n, int type, cudaStream_t stream) {
+  if (n == 0 || n > static_cast<size_t>(INT_MAX)) return cudaErrorInvalidValue;
+  if (rows == 0) return cudaSuccess;
+  const unsigned blocks = static_cast<unsigned>(std::min<size_t>(rows, kMaxBlocks));
+  return Dispatch(type, [&](auto tag) {
+    using T = decltype(tag);
+    ArgmaxKernel<T><<<blocks, RowThreads(n), 0, stream>>>(static_cast<const T*>(x), out, rows, n);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t CopyRows(const void* src, size_t srcPitch, void* dst, size_t dstPitch, size_t width, size_t height,

@@ -1,5 +1,7 @@
 #include "ops.h"
 
+#include <climits>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -443,6 +445,146 @@ Napi::Value CudaEmbedding(const Napi::CallbackInfo& info) {
       throw;
     }
     RecordAndRelease(dev, block);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaRotary(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* x = Buf(info, 0, "x");
+  DeviceBuffer* out = Buf(info, 3, "out");
+  SameKind(env, x, out, "rotary");
+  const size_t rows = Dim(info, 4, "rows");
+  const size_t numHeads = static_cast<size_t>(IntArg(info, 5, "numHeads", 1, kMaxDim));
+  const size_t headDim = static_cast<size_t>(IntArg(info, 6, "headDim", 2, kMaxDim));
+  if (headDim % 2 != 0) throw Napi::RangeError::New(env, "Expected even headDim");
+  const double scaling = NumberArg(info, 7, "scaling");
+  if (!std::isfinite(scaling)) throw Napi::RangeError::New(env, "Expected finite number for scaling");
+  const size_t half = headDim / 2;
+  const float* positions = F32Data(info[1], rows, "positions");
+  const float* invFreq = F32Data(info[2], half, "invFreq");
+  const uint64_t n = Mul(env, Mul(env, rows, numHeads), headDim);
+  MinNumel(env, x, n, "x");
+  MinNumel(env, out, n, "out");
+  if (x == out) throw Napi::RangeError::New(env, "rotary: x and out must be different buffers");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (n == 0) return env.Undefined();
+    DeviceContext& dev = Current(x->device());
+    // positions then invFreq, staged through one pinned block and one device block
+    const size_t bytes = (rows + half) * sizeof(float);
+    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
+    std::memcpy(block.data, positions, rows * sizeof(float));
+    std::memcpy(static_cast<char*>(block.data) + rows * sizeof(float), invFreq, half * sizeof(float));
+    try {
+      void* table = dev.Alloc(bytes);
+      const float* dPos = static_cast<const float*>(table);
+      cudaError_t e = cudaMemcpyAsync(table, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
+      if (e == cudaSuccess) {
+        e = kernels::Rotary(x->data(), dPos, dPos + rows, out->data(), rows, numHeads, headDim, static_cast<float>(scaling),
+                            x->dtype(), dev.stream);
+      }
+      dev.Free(table);
+      CudaCheck(e, "rotary kernel on " + dev.Name());
+    } catch (...) {
+      RecordAndRelease(dev, block);
+      throw;
+    }
+    RecordAndRelease(dev, block);
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaAttention(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* q = Buf(info, 0, "q");
+  DeviceBuffer* k = Buf(info, 1, "k");
+  DeviceBuffer* v = Buf(info, 2, "v");
+  DeviceBuffer* out = Buf(info, 3, "out");
+  SameKind(env, q, k, "attention");
+  SameKind(env, q, v, "attention");
+  SameKind(env, q, out, "attention");
+  const size_t T = Dim(info, 4, "T");
+  const size_t numHeads = static_cast<size_t>(IntArg(info, 5, "numHeads", 1, kMaxDim));
+  const size_t numKvHeads = static_cast<size_t>(IntArg(info, 6, "numKvHeads", 1, kMaxDim));
+  const size_t headDim = static_cast<size_t>(IntArg(info, 7, "headDim", 1, kMaxDim));
+  const size_t kvLength = Dim(info, 8, "kvLength");
+  const double scale = NumberArg(info, 9, "scale");
+  if (!std::isfinite(scale)) throw Napi::RangeError::New(env, "Expected finite number for scale");
+  if (numHeads % numKvHeads != 0) throw Napi::RangeError::New(env, "Expected numHeads to be a multiple of numKvHeads");
+  if (T > kvLength) throw Napi::RangeError::New(env, "Expected T of at most kvLength");
+  if (headDim > kernels::kMaxAttentionHeadDim) {
+    throw Napi::RangeError::New(env, "attention on cuda supports headDim up to " + std::to_string(kernels::kMaxAttentionHeadDim) +
+                                         " but received " + std::to_string(headDim));
+  }
+  if (Mul(env, T, numHeads) > static_cast<uint64_t>(INT32_MAX)) {
+    throw Napi::RangeError::New(env, "attention on cuda supports T × numHeads below 2^31");
+  }
+  const uint64_t qn = Mul(env, Mul(env, T, numHeads), headDim);
+  const uint64_t kvn = Mul(env, Mul(env, kvLength, numKvHeads), headDim);
+  MinNumel(env, q, qn, "q");
+  MinNumel(env, out, qn, "out");
+  MinNumel(env, k, kvn, "k");
+  MinNumel(env, v, kvn, "v");
+  if (out == q || out == k || out == v) throw Napi::RangeError::New(env, "attention: out must be a buffer of its own");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(q->device());
+    CudaCheck(kernels::Attention(q->data(), k->data(), v->data(), out->data(), T, numHeads, numKvHeads, headDim, kvLength,
+                                 static_cast<float>(scale), q->dtype(), dev.stream),
+              "attention kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaSoftmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* x = Buf(info, 0, "x");
+  DeviceBuffer* out = Buf(info, 1, "out");
+  SameKind(env, x, out, "softmax");
+  const size_t rows = Dim(info, 2, "rows");
+  const size_t n = Dim(info, 3, "n");
+  MinNumel(env, x, Mul(env, rows, n), "x");
+  MinNumel(env, out, Mul(env, rows, n), "out");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(x->device());
+    CudaCheck(kernels::Softmax(x->data(), out->data(), rows, n, x->dtype(), dev.stream), "softmax kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaArgmax(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* x = Buf(info, 0, "x");
+  DeviceBuffer* out = Buf(info, 1, "out");
+  SameDevice(env, x, out, "argmax");
+  if (out->dtype() != kFloat32) throw Napi::TypeError::New(env, "argmax: out must be a float32 buffer (it holds int32 indices)");
+  const size_t rows = Dim(info, 2, "rows");
+  const size_t n = static_cast<size_t>(IntArg(info, 3, "n", 1, INT32_MAX));
+  MinNumel(env, x, Mul(env, rows, n), "x");
+  MinNumel(env, out, rows, "out");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    DeviceContext& dev = Current(x->device());
+    CudaCheck(kernels::Argmax(x->data(), static_cast<int32_t*>(out->data()), rows, n, x->dtype(), dev.stream),
+              "argmax kernel on " + dev.Name());
+    return env.Undefined();
+  });
+}
+
+Napi::Value CudaCopyRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  DeviceBuffer* dst = Buf(info, 0, "dst");
+  const size_t offset = Dim(info, 1, "dstOffset");
+  DeviceBuffer* src = Buf(info, 2, "src");
+  const size_t count = Dim(info, 3, "count");
+  SameKind(env, dst, src, "copyRows");
+  MinNumel(env, src, count, "src");
+  MinNumel(env, dst, offset + count, "dst");
+  return Guard(env, "cuda", [&]() -> Napi::Value {
+    if (count == 0) return env.Undefined();
+    DeviceContext& dev = Current(dst->device());
+    const size_t es = ItemSize(dst->dtype());
+    CudaCheck(cudaMemcpyAsync(static_cast<char*>(dst->data()) + offset * es, src->data(), count * es, cudaMemcpyDeviceToDevice,
+                              dev.stream),
+              "copyRows (device-to-device cudaMemcpyAsync) on " + dev.Name());
     return env.Undefined();
   });
 }

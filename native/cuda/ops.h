@@ -33,5 +33,16 @@ Napi::Value CudaRmsNorm(const Napi::CallbackInfo& info);
 Napi::Value CudaAdd(const Napi::CallbackInfo& info);
 // embedding(table, ids: Int32Array, out, dim): rows of table [vocab, dim]; ids outside [0, vocab) give zeros.
 Napi::Value CudaEmbedding(const Napi::CallbackInfo& info);
+// rotary(x, positions: Float32Array, invFreq: Float32Array, out, rows, numHeads, headDim, scaling): rotate-half
+// RoPE; positions and invFreq are staged to the device before the call returns.
+Napi::Value CudaRotary(const Napi::CallbackInfo& info);
+// attention(q, k, v, out, T, numHeads, numKvHeads, headDim, kvLength, scale): causal grouped-query attention.
+Napi::Value CudaAttention(const Napi::CallbackInfo& info);
+// softmax(x, out, rows, n)
+Napi::Value CudaSoftmax(const Napi::CallbackInfo& info);
+// argmax(x, out, rows, n): int32 indices written into out, a float32 buffer of at least rows elements.
+Napi::Value CudaArgmax(const Napi::CallbackInfo& info);
+// copyRows(dst, dstOffset, src, count): dst[dstOffset + i] = src[i] for i < count (elements, same dtype).
+Napi::Value CudaCopyRows(const Napi::CallbackInfo& info);
 
 }  // namespace tpkit
