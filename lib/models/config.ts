@@ -19,7 +19,7 @@ export const SUPPORTED_ARCHITECTURES = ['LlamaForCausalLM', 'MistralForCausalLM'
 export type LlamaArchitecture = (typeof SUPPORTED_ARCHITECTURES)[number];
 
 /** RoPE variants tpkit computes (transformers' `ROPE_INIT_FUNCTIONS` keys). */
-export type RopeType = 'default' | 'linear' | 'llama3';
+export type RopeType = 'default' | 'llama3';
 
 /** The rotary embedding, resolved from `rope_theta` / `rope_scaling` or `rope_parameters`. */
 export interface RopeConfig {
@@ -27,7 +27,7 @@ export interface RopeConfig {
   ropeType: RopeType;
   /** Base θ of the inverse frequencies θ^(−2i/d). */
   theta: number;
-  /** Scaling factor (`linear`, `llama3`). */
+  /** Scaling factor (`llama3`). */
   factor: number;
   /** `llama3`: low-frequency factor. */
   lowFreqFactor: number;
@@ -134,27 +134,25 @@ const REJECTED_FIELDS: readonly [string, (v: unknown) => boolean, string][] = [
 ];
 
 function parseRope(c: Json, headDim: number): RopeConfig {
-  // transformers ≥ 4.5x keep the variant in `rope_parameters` (holding rope_theta too); older configs have
-  // `rope_theta` at the top level and an optional `rope_scaling` object. `rope_parameters` wins when present.
-  const params = c['rope_parameters'];
-  let scaling: Json | null;
-  let theta: number;
-  let source: string;
-  if (params !== undefined && params !== null) {
-    if (typeof params !== 'object' || Array.isArray(params)) throw invalid('rope_parameters', 'an object', params);
-    scaling = params as Json;
-    source = 'rope_parameters';
-    theta = posNumber(scaling, 'rope_theta', posNumber(c, 'rope_theta', 10000));
-  } else {
-    const rs = c['rope_scaling'];
-    if (rs !== undefined && rs !== null && (typeof rs !== 'object' || Array.isArray(rs))) throw invalid('rope_scaling', 'an object or null', rs);
-    scaling = (rs as Json | null | undefined) ?? null;
-    source = 'rope_scaling';
-    theta = posNumber(c, 'rope_theta', 10000);
-  }
+  // transformers (`convert_rope_params_to_dict` / `standardize_rope_params`): the variant comes from a
+  // non-empty `rope_scaling` object, else from the newer `rope_parameters` object (which may hold rope_theta
+  // too); θ from that object, else the top-level `rope_theta`, else 10000.
+  const objectField = (field: string): Json | null => {
+    const v = c[field];
+    if (v === undefined || v === null) return null;
+    if (typeof v !== 'object' || Array.isArray(v)) throw invalid(field, 'an object or null', v);
+    return Object.keys(v).length > 0 ? (v as Json) : null;
+  };
+  const rs = objectField('rope_scaling');
+  const rp = objectField('rope_parameters');
+  const scaling = rs ?? rp;
+  const source = rs ? 'rope_scaling' : 'rope_parameters';
+  const theta = scaling && scaling['rope_theta'] !== undefined && scaling['rope_theta'] !== null
+    ? posNumber(scaling, 'rope_theta', 10000)
+    : posNumber(c, 'rope_theta', 10000);
   const rawType = scaling ? (scaling['rope_type'] ?? scaling['type'] ?? 'default') : 'default';
-  if (rawType !== 'default' && rawType !== 'linear' && rawType !== 'llama3') {
-    throw unsupported(`${source}.rope_type`, rawType, "tpkit implements RoPE types 'default', 'linear' and 'llama3'");
+  if (rawType !== 'default' && rawType !== 'llama3') {
+    throw unsupported(`${source}.rope_type`, rawType, "tpkit implements RoPE types 'default' and 'llama3'");
   }
   const partial = scaling?.['partial_rotary_factor'];
   if (partial !== undefined && partial !== null && partial !== 1) throw unsupported(`${source}.partial_rotary_factor`, partial, 'partial rotary embeddings are not implemented');
@@ -167,12 +165,15 @@ function parseRope(c: Json, headDim: number): RopeConfig {
     if (typeof v !== 'number' || !Number.isFinite(v) || v <= 0) throw invalid(where(f), 'a positive number', v);
     return v;
   };
-  if (rawType === 'linear') rope.factor = num('factor');
   if (rawType === 'llama3') {
     rope.factor = num('factor');
     rope.lowFreqFactor = num('low_freq_factor');
     rope.highFreqFactor = num('high_freq_factor');
-    rope.originalMaxPositionEmbeddings = num('original_max_position_embeddings');
+    // A top-level original_max_position_embeddings wins over the object's, then max_position_embeddings.
+    rope.originalMaxPositionEmbeddings =
+      c['original_max_position_embeddings'] !== undefined && c['original_max_position_embeddings'] !== null
+        ? posNumber(c, 'original_max_position_embeddings', 8192)
+        : num('original_max_position_embeddings', posNumber(c, 'max_position_embeddings', 2048));
     if (rope.highFreqFactor <= rope.lowFreqFactor) throw invalid(where('high_freq_factor'), `a value above low_freq_factor ${rope.lowFreqFactor}`, rope.highFreqFactor);
   }
   const attn = scaling?.['attention_factor'];
@@ -186,7 +187,7 @@ function parseRope(c: Json, headDim: number): RopeConfig {
  * @param json - the parsed file
  * @returns the configuration
  * @throws TpkitError `UNSUPPORTED` naming the field for another architecture, a RoPE type other than
- *   `default` / `linear` / `llama3`, `hidden_act` other than `silu`, mixture-of-experts or sliding-window
+ *   `default` / `llama3`, `hidden_act` other than `silu`, mixture-of-experts or sliding-window
  *   fields, soft-capping, partial rotary factors or quantization; `CHECKPOINT_INVALID` naming the field for a
  *   missing or malformed value (e.g. heads that do not divide, a non-integer size)
  */
@@ -215,9 +216,8 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
   const defaultHeadDim = hiddenSize / numAttentionHeads;
   const headDim = posInt(c, 'head_dim', Number.isInteger(defaultHeadDim) ? defaultHeadDim : undefined);
   let slidingWindow: number | null = null;
-  if (arch === 'MistralForCausalLM' && c['sliding_window'] !== undefined && c['sliding_window'] !== null) {
-    slidingWindow = posInt(c, 'sliding_window');
-  }
+  // MistralConfig defaults sliding_window to 4096 when the key is absent; only an explicit null disables it.
+  if (arch === 'MistralForCausalLM' && c['sliding_window'] !== null) slidingWindow = posInt(c, 'sliding_window', 4096);
   const attentionBias = bool(c, 'attention_bias', false);
   const qwen = arch === 'Qwen2ForCausalLM';
   const bos = tokenIds(c, 'bos_token_id');
@@ -246,9 +246,8 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
 
 /**
  * The inverse frequencies of the rotary embedding, `headDim / 2` float32 values, and the factor cos/sin are
- * scaled by (transformers' `_compute_default_rope_parameters`, `_compute_linear_scaling_rope_parameters`,
- * `_compute_llama3_parameters` in `modeling_rope_utils.py`): inv_freq[i] = θ^(−2i/d); `linear` divides them
- * by `factor`; `llama3` divides the low frequencies (wavelength above original / low_freq_factor) by
+ * scaled by (transformers' `_compute_default_rope_parameters` and `_compute_llama3_parameters` in
+ * `modeling_rope_utils.py`): inv_freq[i] = θ^(−2i/d); `llama3` divides the low frequencies (wavelength above original / low_freq_factor) by
  * `factor`, keeps the high ones (wavelength below original / high_freq_factor) and interpolates between.
  * Computed in float64 and rounded once to float32.
  */
@@ -257,8 +256,7 @@ export function ropeInvFreq(rope: RopeConfig, headDim: number): { invFreq: Float
   const invFreq = new Float32Array(half);
   for (let i = 0; i < half; i++) {
     let f = 1 / Math.pow(rope.theta, (2 * i) / headDim);
-    if (rope.ropeType === 'linear') f /= rope.factor;
-    else if (rope.ropeType === 'llama3') {
+    if (rope.ropeType === 'llama3') {
       const lowWavelen = rope.originalMaxPositionEmbeddings / rope.lowFreqFactor;
       const highWavelen = rope.originalMaxPositionEmbeddings / rope.highFreqFactor;
       const wavelen = (2 * Math.PI) / f;
