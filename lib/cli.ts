@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 /**
- * The `tpkit` command: `tpkit launch …` starts one process per rank (torchrun-style); `tpkit bench …` runs
- * the microbenchmarks; `tpkit info` prints the available backends.
+ * The `tpkit` command: `tpkit launch …` starts one process per rank (torchrun-style); `tpkit generate …`
+ * generates tokens with a Hugging Face model directory on TP × PP ranks; `tpkit bench …` runs the
+ * microbenchmarks; `tpkit info` prints the available backends.
  *
  * @module
  */
@@ -12,6 +13,11 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case 'launch':
       return launchMain(rest);
+    case 'generate': {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { generateMain } = require('./generate_cli') as typeof import('./generate_cli');
+      return generateMain(rest);
+    }
     case 'bench': {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const { benchMain } = require('../bench/cli') as { benchMain(argv: string[]): Promise<number> };
@@ -30,7 +36,10 @@ async function main(argv: string[]): Promise<number> {
         'usage: tpkit <command> [options]\n\n' +
           'commands:\n' +
           '  launch --nproc-per-node N [--nnodes M --node-rank R --master-addr A --master-port P] script [args]\n' +
-          '  bench collectives|gemm|layers [options]   (tpkit bench <kind> --help)\n' +
+          '  generate --model-dir DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N [--tp K --pp P]\n' +
+          '           [--backend cpu|cuda] [--temperature T --top-k K --top-p P --seed S] [--json FILE]\n' +
+          '                                            (tpkit generate --help)\n' +
+          '  bench collectives|gemm|layers|model [options]   (tpkit bench <kind> --help)\n' +
           '  info                                      available backends as JSON\n',
       );
       return cmd === undefined ? 2 : 0;
