@@ -8,7 +8,9 @@
  * - {@link parallelState} and the vLLM-style parallel layers ({@link ColumnParallelLinear},
  *   {@link RowParallelLinear}, {@link MergedColumnParallelLinear}, {@link QKVParallelLinear},
  *   {@link ReplicatedLinear}, {@link VocabParallelEmbedding});
- * - safetensors checkpoints read shard by shard.
+ * - safetensors checkpoints read shard by shard;
+ * - whole models: {@link LlamaForCausalLM} (also Mistral and Qwen2 configs) from a Hugging Face directory,
+ *   with a KV cache, generation, tensor and pipeline parallelism.
  *
  * @packageDocumentation
  */
@@ -47,3 +49,13 @@ export type { LayerOptions } from './layers/common';
 export { SafetensorsFile, writeSafetensors } from './checkpoint/safetensors';
 export type { TensorInfo, RawTensor, RawDType } from './checkpoint/safetensors';
 export { tensorFromRaw, rawFromTensor } from './checkpoint/load';
+export { ParallelLMHead } from './layers/lm_head';
+export { LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, KVCache, partitionLayers } from './models/llama';
+export type {
+  FromPretrainedOptions, ForwardItem, GeneratedSequence, ForwardOptions, GenerateOptions, GenerationResult, PipelineReport, StageRecord, StagePartition,
+} from './models/llama';
+export { parseLlamaConfig, ropeInvFreq, SUPPORTED_ARCHITECTURES } from './models/config';
+export type { LlamaConfig, LlamaArchitecture, RopeConfig, RopeType, RopeFrequencies } from './models/config';
+export { Sampler, argmaxRow, checkSamplingOptions } from './models/sampling';
+export type { SamplingOptions } from './models/sampling';
+export { CheckpointDir } from './models/checkpoint_dir';

@@ -15,6 +15,7 @@ import { Sampler, argmaxRow } from '../lib/models/sampling';
 import { type RefConfig, type RefWeights, referenceForward, referenceGreedy, referenceInvFreq } from './helpers/llama_reference';
 import { type TinyModelSpec, writeTinyModel } from './helpers/tiny_models';
 import { assertRanksOk, runRanks, sharedRun } from './helpers/run_ranks';
+import { DEVICES, cudaSkipReason } from './helpers/devices';
 import type { LayoutResult } from './fixtures/dist_models';
 
 const PROMPT = [3, 17, 5, 42, 8, 29, 11];
@@ -161,10 +162,10 @@ test('configs tpkit does not implement are TpkitError UNSUPPORTED naming the fie
 
 // ---- one process, TP 1 ----------------------------------------------------------------------------------
 
-for (const name of Object.keys(SPECS)) {
-  test(`${name}: logits within 1e-4 of the float64 reference and identical greedy tokens (TP 1)`, async (t) => {
+for (const [name, device] of Object.keys(SPECS).flatMap((n) => DEVICES.map((d) => [n, d] as const))) {
+  test(`[${device}] ${name}: logits within 1e-4 of the float64 reference and identical greedy tokens (TP 1)`, async (t) => {
     const m = made[name]!;
-    const model = await LlamaForCausalLM.fromPretrained(m.dir);
+    const model = await LlamaForCausalLM.fromPretrained(m.dir, { device });
     try {
       const cache = model.createCache(PROMPT.length);
       const [logits] = await model.forward([{ ids: PROMPT, cache }], { allPositions: true });
@@ -179,6 +180,8 @@ for (const name of Object.keys(SPECS)) {
     }
   });
 }
+
+if (cudaSkipReason) test.skip(`[cuda:0] whole models against the reference: ${cudaSkipReason}`, () => {});
 
 test('generation stops at eos_token_id (included) and reports the reason', async (t) => {
   const m = made.mistral!;
@@ -363,16 +366,23 @@ test('Sampler: frequencies follow softmax(logits / T) after top-k and top-p', (t
 
 // ---- 4 ranks: TP 1, 2, 4 and TP 2 × PP 2 ----------------------------------------------------------------
 
-const layouts = sharedRun(() =>
-  runRanks<{ rank: number; out: Record<string, LayoutResult[]> }>(4, 'dist_models', 'layouts', {
-    timeoutMs: 240_000,
-    args: [PROMPT.join(','), PROMPT_B.join(','), ...Object.keys(SPECS).map((n) => made[n]!.dir)],
-  }),
+// With a GPU the same layouts also run on cuda tensors (ranks share the GPU through gloo).
+const layoutRuns = new Map(
+  DEVICES.map((device) => [
+    device,
+    sharedRun(() =>
+      runRanks<{ rank: number; out: Record<string, LayoutResult[]> }>(4, 'dist_models', 'layouts', {
+        timeoutMs: 240_000,
+        env: { TPKIT_TEST_DEVICE: device },
+        args: [PROMPT.join(','), PROMPT_B.join(','), ...Object.keys(SPECS).map((n) => made[n]!.dir)],
+      }),
+    ),
+  ]),
 );
 
-for (const name of Object.keys(SPECS)) {
-  test(`${name}: TP 1, 2, 4 and TP 2 × PP 2 on 4 ranks give the reference's logits and tokens, identical across layouts`, async (t) => {
-    const out = await layouts();
+for (const [name, device] of Object.keys(SPECS).flatMap((n) => DEVICES.map((d) => [n, d] as const))) {
+  test(`[${device}] ${name}: TP 1, 2, 4 and TP 2 × PP 2 on 4 ranks give the reference's logits and tokens, identical across layouts`, async (t) => {
+    const out = await layoutRuns.get(device)!();
     assertRanksOk(t, out);
     const m = made[name]!;
     const refLogits = referenceForward(m.config, m.weights, PROMPT);

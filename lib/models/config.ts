@@ -244,6 +244,14 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
   };
 }
 
+/** What {@link ropeInvFreq} returns: the inputs of `rotaryEmbedding`. */
+export interface RopeFrequencies {
+  /** `headDim / 2` inverse frequencies (radians per position). */
+  invFreq: Float32Array;
+  /** Factor applied to cos and sin (1 for the implemented types). */
+  attentionScaling: number;
+}
+
 /**
  * The inverse frequencies of the rotary embedding, `headDim / 2` float32 values, and the factor cos/sin are
  * scaled by (transformers' `_compute_default_rope_parameters` and `_compute_llama3_parameters` in
@@ -251,7 +259,7 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
  * `factor`, keeps the high ones (wavelength below original / high_freq_factor) and interpolates between.
  * Computed in float64 and rounded once to float32.
  */
-export function ropeInvFreq(rope: RopeConfig, headDim: number): { invFreq: Float32Array; attentionScaling: number } {
+export function ropeInvFreq(rope: RopeConfig, headDim: number): RopeFrequencies {
   const half = headDim / 2;
   const invFreq = new Float32Array(half);
   for (let i = 0; i < half; i++) {

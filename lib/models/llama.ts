@@ -208,10 +208,22 @@ export interface PipelineReport {
   records: StageRecord[];
 }
 
+/** One sequence of a {@link GenerationResult}. */
+export interface GeneratedSequence {
+  /** The prompt's token ids. */
+  promptIds: number[];
+  /** The new tokens only (the eos token included when the sequence stopped there). */
+  generatedIds: number[];
+  /** float32 logits `[vocab]` at the last prompt position. */
+  lastLogits: Float32Array;
+  /** `eos`: stopped at an eos token; `length`: reached maxNewTokens. */
+  finishReason: 'eos' | 'length';
+}
+
 /** What {@link LlamaForCausalLM.generate} returns (identical on every rank). */
 export interface GenerationResult {
-  /** Per sequence: its prompt, the new tokens (the eos token included when it stopped there), and the logits at the last prompt position. */
-  sequences: { promptIds: number[]; generatedIds: number[]; lastLogits: Float32Array; finishReason: 'eos' | 'length' }[];
+  /** One entry per prompt, in order. */
+  sequences: GeneratedSequence[];
   /** Timings on this rank. */
   timings: {
     /** Wall time of the prefill, ms (every prompt). */
