@@ -1,7 +1,8 @@
 /**
  * The `cpu` backend: host memory in typed arrays (float32 → Float32Array; float16 / bfloat16 → Uint16Array of
- * raw bits), GEMM on OpenBLAS and the elementwise kernels of `native/core/kernels.cc`. Compute is float32:
- * kernels given float16 / bfloat16 storage reject with a TypeError (cast with `t.to('float32')` first).
+ * raw bits), GEMM on OpenBLAS, the elementwise kernels of `native/core/kernels.cc` and the decoder kernels of
+ * `native/core/attention.cc`. Compute is float32: kernels given float16 / bfloat16 storage reject with a TypeError
+ * (cast with `t.to('float32')` first); the raw copies (`embedding`, `copyRows`, `narrow`, `cat`) take any dtype.
  *
  * @module
  * @internal
