@@ -4,7 +4,7 @@
  * and on 4 ranks at TP 1, 2, 4 and TP 2 × PP 2 (test/fixtures/dist_models.ts); bad directories and configs.
  */
 import test from 'ava';
-import { promises as fsp } from 'node:fs';
+import fs, { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -60,6 +60,13 @@ test.before(async () => {
 test.after.always(async () => {
   if (root) await fsp.rm(root, { recursive: true, force: true });
 });
+
+/** (tensor name, file) pairs of a written model directory. */
+function shardFiles(dir: string): [string, string][] {
+  const index = path.join(dir, 'model.safetensors.index.json');
+  if (!fs.existsSync(index)) return [...made[Object.keys(made).find((n) => made[n]!.dir === dir)!]!.weights.keys()].map((n) => [n, 'model.safetensors']);
+  return Object.entries((JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map);
+}
 
 function maxAbs(a: ArrayLike<number>): number {
   let m = 0;
@@ -414,6 +421,16 @@ for (const [name, device] of Object.keys(SPECS).flatMap((n) => DEVICES.map((d) =
       t.true(tp2!.parameterBytes < tp1!.parameterBytes && tp4!.parameterBytes < tp2!.parameterBytes, `${name}: weights per rank shrink with TP`);
       t.true(pp!.parameterBytes < tp2!.parameterBytes, `${name}: a PP stage holds fewer weights than the whole TP 2 model`);
       t.deepEqual([pp!.pipeline.stages, pp!.pipeline.microBatches], [2, 2]);
+      // Each stage opened exactly the files that hold its tensors (its layers; embedding on the first; norm,
+      // LM head — or the tied embedding — on the last).
+      const mine = (name: string) => {
+        const layer = /^model\.layers\.(\d+)\./.exec(name);
+        const [starts, counts] = [partitionLayers(m.config.num_hidden_layers, 2).starts, partitionLayers(m.config.num_hidden_layers, 2).counts];
+        if (layer) return Number(layer[1]) >= starts[pp!.ppRank]! && Number(layer[1]) < starts[pp!.ppRank]! + counts[pp!.ppRank]!;
+        if (name === 'model.embed_tokens.weight') return pp!.ppRank === 0 || m.config.tie_word_embeddings === true;
+        return pp!.ppRank === 1;
+      };
+      t.deepEqual(pp!.checkpointFiles, [...new Set(shardFiles(m.dir).filter(([n]) => mine(n)).map(([, f]) => f))].sort(), `${name}: stage ${pp!.ppRank} files`);
       t.is(pp!.pipeline.theoreticalBubble, 1 / 3);
       t.true(pp!.pipeline.measuredBubble >= 0 && pp!.pipeline.measuredBubble < 1);
     }

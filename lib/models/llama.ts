@@ -277,6 +277,8 @@ export class LlamaForCausalLM {
   readonly numHeads: number;
   /** Key/value heads on this rank. */
   readonly numKvHeads: number;
+  /** The checkpoint files this rank opened while loading (base names): only those holding its tensors. */
+  readonly checkpointFiles: readonly string[];
   readonly #tp: ProcessGroup | null;
   readonly #pp: ProcessGroup | null;
   readonly #model: ProcessGroup | null;
@@ -304,8 +306,10 @@ export class LlamaForCausalLM {
     layers: DecoderLayer[];
     norm: Tensor | null;
     lmHead: ParallelLMHead | null;
+    files: string[];
   }) {
     this.config = init.config;
+    this.checkpointFiles = Object.freeze(init.files.slice().sort());
     this.#tp = init.tp;
     this.#pp = init.pp;
     this.#model = init.model;
@@ -501,7 +505,7 @@ export class LlamaForCausalLM {
         for (let r = 0; r < model.size; r++) if (v[2 * r] === ppSize - 1 && v[2 * r + 1] === 0) driver = r;
         if (driver < 0) throw new RangeError('modelGroup does not contain TP rank 0 of the last pipeline stage');
       }
-      return new LlamaForCausalLM({ config, tp, pp, model, driver, device, dtype, part, embed, layers, norm, lmHead });
+      return new LlamaForCausalLM({ config, tp, pp, model, driver, device, dtype, part, embed, layers, norm, lmHead, files: ckpt.openedFiles });
     } catch (e) {
       for (const x of created) x.dispose();
       throw e;
