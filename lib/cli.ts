@@ -18,6 +18,11 @@ async function main(argv: string[]): Promise<number> {
       const { generateMain } = require('./generate_cli') as typeof import('./generate_cli');
       return generateMain(rest);
     }
+    case 'plan': {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const { planMain } = require('./plan/cli') as typeof import('./plan/cli');
+      return planMain(rest);
+    }
     case 'bench': {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const { benchMain } = require('../bench/cli') as { benchMain(argv: string[]): Promise<number> };
@@ -39,6 +44,7 @@ async function main(argv: string[]): Promise<number> {
           '  generate --model-dir DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N [--tp K --pp P]\n' +
           '           [--backend cpu|cuda] [--temperature T --top-k K --top-p P --seed S] [--json FILE]\n' +
           '                                            (tpkit generate --help)\n' +
+          '  plan (--model-dir DIR | --model NAME) --gpus N [...]   memory, communication, time per TP × PP × DP layout (tpkit plan --help)\n' +
           '  bench collectives|gemm|layers|model [options]   (tpkit bench <kind> --help)\n' +
           '  info                                      available backends as JSON\n',
       );
