@@ -59,3 +59,4 @@ export type { LlamaConfig, LlamaArchitecture, RopeConfig, RopeType, RopeFrequenc
 export { Sampler, argmaxRow, checkSamplingOptions } from './models/sampling';
 export type { SamplingOptions } from './models/sampling';
 export { CheckpointDir } from './models/checkpoint_dir';
+export * as plan from './plan';

@@ -329,10 +329,16 @@ export interface RejectedLayout {
   reason: string;
 }
 
+/** {@link PlanInput} with the defaults applied (`microBatches` null: min(batch, pp) per layout). */
+export interface ResolvedPlanInput extends Required<Omit<PlanInput, 'config' | 'microBatches'>> {
+  /** Micro-batches asked for, or null for the default min(batch, pp). */
+  microBatches: number | null;
+}
+
 /** What {@link planLayouts} returns. */
 export interface PlanResult {
   /** Resolved inputs (defaults applied). */
-  input: Required<Omit<PlanInput, 'config' | 'microBatches'>> & { microBatches: number | null };
+  input: ResolvedPlanInput;
   /** Every layout the layers can split into, sorted by estimated decode latency (`fits` marks those that fit). */
   layouts: LayoutPlan[];
   /** Layouts of `gpus` that the heads, layers or node size rule out. */

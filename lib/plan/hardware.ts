@@ -53,8 +53,14 @@ export const LINKS: Readonly<Record<string, LinkSpec>> = Object.freeze({
   eth: { name: 'eth', alphaUs: 10, bandwidthGBs: 12.5, source: '100 Gb/s Ethernet (TCP); α: assumed' },
 });
 
+/** A {@link GpuSpec} with its float32 rate too. */
+export interface GpuDefault extends GpuSpec {
+  /** Peak float32 rate (no tensor cores), TFLOP/s: used for `--dtype float32` plans. */
+  tflops32: number;
+}
+
 /** Default accelerators (dense bfloat16/float16 tensor-core peak; float32 plans use `tflops32`). */
-export const GPUS: Readonly<Record<string, GpuSpec & { tflops32: number }>> = Object.freeze({
+export const GPUS: Readonly<Record<string, GpuDefault>> = Object.freeze({
   h100: { name: 'h100', memoryGiB: 80, tflops: 989, tflops32: 67, bandwidthGBs: 3350, source: 'NVIDIA H100 SXM5 datasheet (80 GB HBM3, 3.35 TB/s, 989 TFLOP/s dense BF16)' },
   h200: { name: 'h200', memoryGiB: 141, tflops: 989, tflops32: 67, bandwidthGBs: 4800, source: 'NVIDIA H200 SXM datasheet (141 GB HBM3e, 4.8 TB/s, 989 TFLOP/s dense BF16)' },
   a100: { name: 'a100', memoryGiB: 80, tflops: 312, tflops32: 19.5, bandwidthGBs: 2039, source: 'NVIDIA A100 SXM 80GB datasheet (2.039 TB/s, 312 TFLOP/s dense BF16)' },
@@ -64,7 +70,7 @@ export const GPUS: Readonly<Record<string, GpuSpec & { tflops32: number }>> = Ob
 
 /**
  * A link calibrated from a `tpkit bench collectives --json` all-reduce result: its ring fit (`model`: α and
- * β), or — when the file has none — the fit {@link fitRingModel} (bench/model.ts) makes of its rows
+ * β), or — when the file has none — the fit `fitRingModel` (bench/model.ts) makes of its rows
  * (in-place median times when recorded, else means).
  *
  * @param file - path of the JSON result (schema `tpkit.bench.collectives/1`, op `all_reduce`, ≥ 2 ranks)
