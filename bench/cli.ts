@@ -4,8 +4,9 @@
  *   tpkit bench collectives --op all_reduce -b 8 -e 64M -f 2 -n 20 -w 5 [--nproc 2] [--json F] [--plot F.svg] [--peers all]
  *   tpkit bench gemm [--max-size 4096] [--models 8b,70b] [--tokens 1,16,512,4096] [--peers all]
  *   tpkit bench layers [--tp 1,2,4] [--model 8b] [--tokens 1,16,512]
+ *   tpkit bench model [--model-dir DIR] [--tp 1,2,4] [--pp 1,2] [--prompt-tokens 16] [--new-tokens 8] [--runs 3]
  *   tpkit bench plot a.json b.json --out x.svg
- *   tpkit bench schema collectives|gemm|layers
+ *   tpkit bench schema collectives|gemm|layers|model
  *
  * Options are parsed into one plain object per command and passed down explicitly (no option globals).
  *
@@ -18,6 +19,7 @@ import { collectivesCommand, type CollectivesOptions, type PeerName } from './co
 import { BENCH_REDOPS, type BenchRedop } from './data';
 import { gemmCommand, MODEL_NAMES, type GemmOptions } from './gemm';
 import { layersCommand, type LayersOptions } from './layers';
+import { defaultModelDir, modelCommand, type ModelBenchOptions } from './model_bench';
 import { intListParser, intParser, listOf, sizeParser } from './options';
 import { renderCollectivesPlot, type PlotMetric } from './plot';
 import { writeFile } from './report';
@@ -91,7 +93,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise
 export async function benchMain(argv: string[]): Promise<number> {
   let code = 0;
   const program = new Command('tpkit bench')
-    .description('Microbenchmarks of tpkit: collectives (nccl-tests style), GEMM, parallel layers')
+    .description('Microbenchmarks of tpkit: collectives (nccl-tests style), GEMM, parallel layers, whole models')
     .exitOverride()
     .showHelpAfterError('(tpkit bench <kind> --help lists the options)')
     .configureOutput({ writeOut: (s) => process.stdout.write(s), writeErr: (s) => process.stderr.write(s) });
@@ -169,6 +171,39 @@ export async function benchMain(argv: string[]): Promise<number> {
         ...(flags.timeoutMs ? { timeoutMs: flags.timeoutMs as number } : {}),
       };
       code = await layersCommand(o, argv);
+    });
+
+  program
+    .command('model')
+    .description('a whole model\'s prefill tokens/s and decode ms/token per (TP, PP) layout, with a transformers peer')
+    .option('--model-dir <dir>', 'Hugging Face model directory (default: the main job\'s checkpoint, .checkpoints/llama-3-8b-random-2-layers)')
+    .addOption(new Option('--tp <list>', 'tensor-parallel sizes').argParser(intListParser).default([1, 2, 4], '1,2,4'))
+    .addOption(new Option('--pp <list>', 'pipeline sizes').argParser(intListParser).default([1, 2], '1,2'))
+    .addOption(new Option('--max-world <n>', 'skip layouts with TP × PP above n').argParser(intParser(1)).default(4))
+    .addOption(new Option('--prompt-tokens <n>', 'prompt length').argParser(intParser(1)).default(16))
+    .addOption(new Option('--new-tokens <n>', 'greedy tokens generated per run').argParser(intParser(1)).default(8))
+    .addOption(new Option('--runs <n>', 'timed generate calls per layout (median reported)').argParser(intParser(1)).default(3))
+    .addOption(new Option('--device <device>', 'where parameters live (process groups: gloo)').choices(['cpu', 'cuda']).default('cpu'))
+    .addOption(new Option('--peers <which>', 'all: also run bench/peers/hf_model_peer.py (torch + transformers); none').choices(['all', 'none']).default('all'))
+    .addOption(new Option('--layout <TPxPP>', 'the layout of this launch (set by the self-launch)').hideHelp())
+    .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema model)'))
+    .addOption(new Option('--timeout-ms <ms>', 'timeout of the rendezvous and of every collective').argParser(intParser(1)))
+    .action(async (flags: Record<string, unknown>) => {
+      const o: ModelBenchOptions = {
+        modelDir: (flags.modelDir as string | undefined) ?? defaultModelDir(),
+        tp: flags.tp as number[],
+        pp: flags.pp as number[],
+        maxWorld: flags.maxWorld as number,
+        promptTokens: flags.promptTokens as number,
+        newTokens: flags.newTokens as number,
+        runs: flags.runs as number,
+        device: flags.device as 'cpu' | 'cuda',
+        peers: flags.peers as 'all' | 'none',
+        ...(flags.layout ? { layout: flags.layout as string } : {}),
+        ...(flags.json ? { json: flags.json as string } : {}),
+        ...(flags.timeoutMs ? { timeoutMs: flags.timeoutMs as number } : {}),
+      };
+      code = await modelCommand(o, argv);
     });
 
   program

@@ -154,6 +154,53 @@ export interface LayersResult {
   rows: LayerRow[];
 }
 
+/** One (TP, PP) layout of `tpkit bench model`. */
+export interface ModelBenchRow {
+  tp: number;
+  pp: number;
+  /** TP × PP ranks. */
+  worldSize: number;
+  /** Prompt length, tokens. */
+  promptTokens: number;
+  /** Greedy tokens generated per run. */
+  newTokens: number;
+  /** Timed generate calls (medians below). */
+  runs: number;
+  /** fromPretrained wall time, ms (barrier to barrier). */
+  loadMs: number;
+  /** Prefill wall time, ms (median). */
+  prefillMs: number;
+  /** Prompt tokens per second of the prefill (median). */
+  prefillTokensPerSecond: number;
+  /** Mean decode step, ms (median over runs). */
+  decodeMsPerToken: number;
+  /** `model.parameterBytes` of every rank, bytes. */
+  weightBytesPerRank: number[];
+  /** The greedy tokens of the last run. */
+  tokens: number[];
+}
+
+/** The transformers peer's figures (bench/peers/hf_model_peer.py). */
+export interface ModelPeerRow {
+  prefillMs: number;
+  prefillTokensPerSecond: number;
+  decodeMsPerToken: number;
+  tokens: number[];
+  /** torch intra-op threads. */
+  threads: number;
+}
+
+/** `tpkit bench model --json`. */
+export interface ModelBenchResult {
+  schema: 'tpkit.bench.model/1';
+  meta: MachineMeta & { modelDir: string; device: string; backend: string; promptTokens: number; newTokens: number; runs: number };
+  rows: ModelBenchRow[];
+  /** `hf`: the transformers peer, ok or skipped with the reason. */
+  peers?: Record<string, PeerStatus>;
+  /** The peers' figures, when they ran. */
+  peerRows?: Record<string, ModelPeerRow>;
+}
+
 // ---- schemas -----------------------------------------------------------------------------------------
 
 const num: JsonSchema = { type: 'number' };
@@ -318,11 +365,47 @@ export const LAYERS_SCHEMA: JsonSchema = {
   }),
 };
 
+/** Schema of {@link ModelBenchResult}. */
+export const MODEL_SCHEMA: JsonSchema = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'tpkit.bench.model/1',
+  title: 'tpkit bench model result',
+  ...obj(
+    {
+      schema: { const: 'tpkit.bench.model/1' },
+      meta: obj({ ...machineMeta, modelDir: str, device: str, backend: str, promptTokens: { type: 'integer', minimum: 1 }, newTokens: { type: 'integer', minimum: 1 }, runs: { type: 'integer', minimum: 1 } }),
+      rows: arrayOf(
+        obj({
+          tp: { type: 'integer', minimum: 1 },
+          pp: { type: 'integer', minimum: 1 },
+          worldSize: { type: 'integer', minimum: 1 },
+          promptTokens: { type: 'integer', minimum: 1 },
+          newTokens: { type: 'integer', minimum: 1 },
+          runs: { type: 'integer', minimum: 1 },
+          loadMs: nonNeg,
+          prefillMs: { type: 'number', minimum: 0, description: 'median prefill wall time, ms' },
+          prefillTokensPerSecond: { type: 'number', minimum: 0, description: 'median prompt tokens / s of the prefill' },
+          decodeMsPerToken: { type: 'number', minimum: 0, description: 'median mean decode step, ms' },
+          weightBytesPerRank: arrayOf(count),
+          tokens: arrayOf(count),
+        }),
+      ),
+      peers: peerStatuses,
+      peerRows: {
+        type: 'object',
+        additionalProperties: obj({ prefillMs: nonNeg, prefillTokensPerSecond: nonNeg, decodeMsPerToken: nonNeg, tokens: arrayOf(count), threads: count }),
+      },
+    },
+    ['peers', 'peerRows'],
+  ),
+};
+
 /** The schemas by `tpkit bench schema <kind>` name. */
-export const SCHEMAS: Readonly<Record<'collectives' | 'gemm' | 'layers', JsonSchema>> = {
+export const SCHEMAS: Readonly<Record<'collectives' | 'gemm' | 'layers' | 'model', JsonSchema>> = {
   collectives: COLLECTIVES_SCHEMA,
   gemm: GEMM_SCHEMA,
   layers: LAYERS_SCHEMA,
+  model: MODEL_SCHEMA,
 };
 
 // ---- validator ---------------------------------------------------------------------------------------
