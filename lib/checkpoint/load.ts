@@ -3,6 +3,7 @@
  *
  * @module
  */
+import { HostStorage } from '../backend/cpu';
 import { Tensor } from '../tensor';
 import type { RawTensor } from './safetensors';
 
@@ -14,6 +15,15 @@ import type { RawTensor } from './safetensors';
 export function tensorFromRaw(raw: RawTensor): Tensor {
   if (raw.dtype === 'float32') return Tensor.from(raw.data as Float32Array, raw.shape);
   return Tensor.fromBits(raw.data as Uint16Array, raw.shape, { dtype: raw.dtype });
+}
+
+/**
+ * @internal Like {@link tensorFromRaw} for data the safetensors reader just read into a fresh buffer that
+ * nothing else holds: the tensor takes the buffer over instead of copying it (loading a model moves gigabytes;
+ * each copy costs its page faults).
+ */
+export function adoptRaw(raw: RawTensor): Tensor {
+  return Tensor._wrap(new HostStorage(raw.dtype, raw.data), raw.shape);
 }
 
 /**

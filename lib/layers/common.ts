@@ -12,7 +12,7 @@ import * as parallelState from '../parallel_state';
 import { Tensor, TensorOptions, checkTensor, formatShape, parseDType, parseDevice } from '../tensor';
 import type { DType, Device } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
-import { tensorFromRaw } from '../checkpoint/load';
+import { adoptRaw } from '../checkpoint/load';
 import { optionalBoolean, options, typeError } from '../validate';
 
 /** Options shared by every layer. */
@@ -107,7 +107,7 @@ export async function readShard(file: SafetensorsFile, name: string, expected: r
     throw new RangeError(`Expected tensor '${name}' of shape ${formatShape(expected)} in ${file.path} but it has shape ${formatShape(info.shape)}`);
   }
   const raw = spec.length === expected[spec.dim] ? await file.read(name) : await file.readSlice(name, spec.dim, spec.start, spec.length);
-  return tensorFromRaw(raw);
+  return adoptRaw(raw);
 }
 
 /** @internal Throws TpkitError `NOT_INITIALIZED` for a parameter that was never loaded. */

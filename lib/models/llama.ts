@@ -30,7 +30,7 @@ import * as parallelState from '../parallel_state';
 import { MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear } from '../layers/linear';
 import { VocabParallelEmbedding } from '../layers/embedding';
 import { ParallelLMHead } from '../layers/lm_head';
-import { tensorFromRaw } from '../checkpoint/load';
+import { adoptRaw } from '../checkpoint/load';
 import { integerInRange, nonEmptyString, options, positiveInteger, typeError } from '../validate';
 import { CheckpointDir, readJsonFile } from './checkpoint_dir';
 import { LlamaConfig, parseLlamaConfig, ropeInvFreq } from './config';
@@ -430,7 +430,7 @@ export class LlamaForCausalLM {
         if (info.shape.length !== shape.length || info.shape.some((s, i) => s !== shape[i])) {
           throw new RangeError(`Expected tensor '${name}' of shape [${shape.join(', ')}] in ${f.path} but it has shape [${info.shape.join(', ')}]`);
         }
-        const raw = tensorFromRaw(await f.read(name));
+        const raw = adoptRaw(await f.read(name));
         if (raw.dtype === dtype && raw.device === device) return track(raw);
         const t = await raw.to({ dtype, device });
         raw.dispose();
