@@ -46,6 +46,15 @@ export interface Communicator {
   broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void>;
   /** Splits dim 0 into `size` chunks; chunk j goes to rank j; returns the received chunks, rank-major. */
   allToAll(t: Tensor, ctx: OpContext): Promise<Tensor>;
+  /**
+   * All-to-all with split sizes (`torch.distributed.all_to_all_single` with input/output split sizes): rows
+   * `[Σ in[<j], Σ in[≤j])` of dim 0 go to rank j; the rows from rank i come back at rows `[Σ out[<i], Σ out[≤i])`.
+   * Returns `[Σ outputSplits, ...t.shape.slice(1)]`. The group has validated both arrays (length = size,
+   * non-negative integers, Σ inputSplits = t.shape[0]); the backend verifies across ranks that rank i's
+   * `outputSplits[j]` equals rank j's `inputSplits[i]` (COLLECTIVE_MISMATCH on every rank otherwise).
+   * Absent on a backend without it (the group then throws UNSUPPORTED).
+   */
+  allToAllV?(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor>;
   barrier(ctx: OpContext): Promise<void>;
   /** `p2pSeq` counts messages from this sender to this receiver (both sides agree). */
   send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void>;

@@ -64,6 +64,10 @@ export function glooIoPriority(env: NodeJS.ProcessEnv, option?: unknown): number
   throw new RangeError(`TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${raw}'`);
 }
 
+/** The native communicator's uneven all-to-all (native/core/gloo_comm.cc, `allToAllV`). */
+type NativeAllToAllV = (input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[],
+  seq: number, dtype: number, timeoutMs?: number) => Promise<void>;
+
 /** Gloo-backed {@link Communicator}. */
 export class GlooCommunicator implements Communicator {
   readonly backend = 'gloo' as const;
@@ -124,6 +128,19 @@ export class GlooCommunicator implements Communicator {
       const out = new Float32Array(buf.length);
       await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       return like(t, out, t.shape);
+    });
+  }
+
+  /** Uneven all-to-all (see {@link Communicator.allToAllV}) through the native `allToAllV` (Gloo's alltoallv). */
+  allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
+      const outRows = outputSplits.reduce((a, b) => a + b, 0);
+      const out = new Float32Array(outRows * rowElems);
+      const native = this.native as NativeGlooComm & { allToAllV: NativeAllToAllV };
+      await native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      return like(t, out, [outRows, ...t.shape.slice(1)]);
     });
   }
 

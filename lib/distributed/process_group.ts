@@ -14,7 +14,7 @@
 import { TpkitError } from '../errors';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import { cat } from '../ops';
-import { dimIndex, integerInRange, oneOf, options, positiveInteger, typeError } from '../validate';
+import { dimIndex, integerInRange, nonNegativeInteger, oneOf, options, positiveInteger, typeError } from '../validate';
 import { Communicator, OpContext, REDOP_CODE, ReduceOp } from './comm';
 import { DEAD_RANK_PREFIX, TCPStore } from './store';
 
@@ -69,6 +69,15 @@ interface AbortRecord {
   op: string;
   seq: number;
   details: Record<string, unknown>;
+}
+
+/** Validates an all-to-all split-size array: `size` non-negative integers. */
+function splitSizes(value: unknown, name: string, size: number): number[] {
+  if (!Array.isArray(value)) throw typeError('array of non-negative integers', name, value);
+  if (value.length !== size) {
+    throw new RangeError(`Expected ${size} entries (the group size) for ${name} but received ${value.length}`);
+  }
+  return value.map((v, i) => nonNegativeInteger(v, `${name}[${i}]`));
 }
 
 /**
@@ -284,13 +293,49 @@ export class ProcessGroup {
    * All-to-all: splits dim 0 of `t` into `size` equal chunks, sends chunk j to rank j, and returns the chunks
    * received, in rank order (same shape as `t`) — `torch.distributed.all_to_all_single` with equal splits.
    *
-   * @throws RangeError when shape[0] is not divisible by the group size; TpkitError as allReduce
+   * With `inputSplitSizes` / `outputSplitSizes` (torch's `input_split_sizes` / `output_split_sizes`): rank r
+   * sends rows `[Σ in[<j], Σ in[≤j])` of dim 0 to rank j and receives `out[i]` rows from rank i, concatenated in
+   * rank order: the result is `[Σ out, ...t.shape.slice(1)]`. Zeros are allowed. A missing one of the two is the
+   * equal split of `t.shape[0]`. Rank i's `outputSplitSizes[j]` must equal rank j's `inputSplitSizes[i]`: the
+   * ranks check it before any data moves (with `TPKIT_CHECK` on), and a disagreement rejects with
+   * `COLLECTIVE_MISMATCH` on every rank, leaving the group usable. Used for MoE token dispatch (`FusedMoE`).
+   * The `gloo` backend has it (Gloo's alltoallv); the `nccl` backend does not yet (`UNSUPPORTED`).
+   *
+   * @param opts.inputSplitSizes - rows sent to each rank: `size` non-negative integers summing to `t.shape[0]`
+   * @param opts.outputSplitSizes - rows received from each rank: `size` non-negative integers
+   * @throws TypeError / RangeError for bad split sizes or when shape[0] is not divisible by the group size
+   *   (equal splits); TpkitError `COLLECTIVE_MISMATCH` (splits disagree across ranks), `UNSUPPORTED` (a backend
+   *   without uneven all-to-all), and as allReduce
    */
-  async allToAll(t: Tensor, opts?: CollectiveOptions): Promise<Tensor> {
+  async allToAll(t: Tensor, opts?: CollectiveOptions & { inputSplitSizes?: readonly number[]; outputSplitSizes?: readonly number[] }): Promise<Tensor> {
     checkTensor(t, 't');
-    const o = options<CollectiveOptions>(opts, 'options');
+    const o = options<CollectiveOptions & { inputSplitSizes?: readonly number[]; outputSplitSizes?: readonly number[] }>(opts, 'options');
     const timeoutMs = this.#timeout(o.timeoutMs);
     const size = this.isMember ? this.size : 1;
+    if (o.inputSplitSizes !== undefined || o.outputSplitSizes !== undefined) {
+      if (t.ndim === 0) throw new RangeError('allToAll needs a tensor of at least one dimension');
+      const rows = t.shape[0]!;
+      const equal = (name: string): number[] => {
+        if (rows % size !== 0) {
+          throw new RangeError(`allToAll: dim 0 of shape ${formatShape(t.shape)} is not divisible by group size ${size} (no ${name} given: equal splits)`);
+        }
+        return new Array<number>(size).fill(rows / size);
+      };
+      const inSplits = o.inputSplitSizes === undefined ? equal('inputSplitSizes') : splitSizes(o.inputSplitSizes, 'inputSplitSizes', size);
+      const outSplits = o.outputSplitSizes === undefined ? equal('outputSplitSizes') : splitSizes(o.outputSplitSizes, 'outputSplitSizes', size);
+      const sent = inSplits.reduce((a, b) => a + b, 0);
+      if (sent !== rows) {
+        throw new RangeError(`allToAll: inputSplitSizes [${inSplits.join(', ')}] sum to ${sent}, expected dim 0 of shape ${formatShape(t.shape)} (${rows})`);
+      }
+      if (size === 1 && this.isMember && outSplits[0] !== inSplits[0]) {
+        this.callCounts.allToAll++;
+        throw new TpkitError('COLLECTIVE_MISMATCH', `allToAll on rank 0 of process group [${this.ranks.join(', ')}] (${this.backend}): rank 0 expects ${outSplits[0]} rows from rank 0, which sends ${inSplits[0]}`, { backend: this.backend, details: { op: 'allToAll', seq: -1 } });
+      }
+      if (size > 1 && this.backend !== 'gloo') {
+        throw new TpkitError('UNSUPPORTED', `allToAll with split sizes is not supported by the ${this.backend} backend yet (use the gloo backend)`, { backend: this.backend });
+      }
+      return this.#collective('allToAll', timeoutMs, (comm, ctx) => comm.allToAllV!(t, inSplits, outSplits, ctx), () => t.narrow(0, 0, rows));
+    }
     if (t.ndim === 0 || t.shape[0]! % size !== 0) {
       throw new RangeError(`allToAll: dim 0 of shape ${formatShape(t.shape)} is not divisible by group size ${size}`);
     }

@@ -3,6 +3,7 @@
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/alltoall.h>
+#include <gloo/alltoallv.h>
 #include <gloo/barrier.h>
 #include <gloo/broadcast.h>
 #include <gloo/common/error.h>
@@ -41,7 +42,7 @@ constexpr int64_t kMaxCount = int64_t{1} << 40;
 // Tag of the barrier that ends a rendezvous; collectives use tags 2·seq and 2·seq + 1 for seq < 2^31 - 1.
 constexpr uint32_t kConnectBarrierTag = 0xFFFFFFFFu;
 
-enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
+enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
 const char* OpName(int64_t op) {
   switch (op) {
     case kAllReduce: return "all_reduce";
@@ -50,6 +51,7 @@ const char* OpName(int64_t op) {
     case kBroadcast: return "broadcast";
     case kAllToAll: return "all_to_all";
     case kBarrier: return "barrier";
+    case kAllToAllV: return "all_to_all_v";
     default: return "unknown";
   }
 }
@@ -371,6 +373,7 @@ Napi::Function GlooComm::Init(Napi::Env env) {
                       InstanceMethod("reduceScatter", &GlooComm::ReduceScatter),
                       InstanceMethod("broadcast", &GlooComm::Broadcast),
                       InstanceMethod("allToAll", &GlooComm::AllToAll),
+                      InstanceMethod("allToAllV", &GlooComm::AllToAllV),
                       InstanceMethod("barrier", &GlooComm::Barrier),
                       InstanceMethod("send", &GlooComm::Send),
                       InstanceMethod("recv", &GlooComm::Recv),
@@ -695,6 +698,118 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
     opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
     opts.setTimeout(t);
     gloo::alltoall(opts);
+  }, {info[0], info[1]});
+}
+
+namespace {
+// Reads a JS array of `n` row counts (non-negative integers) for all_to_all_v.
+std::vector<int64_t> SplitArg(const Napi::CallbackInfo& info, size_t i, const char* name, int n) {
+  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), std::string("Expected array for ") + name);
+  auto a = info[i].As<Napi::Array>();
+  if (a.Length() != static_cast<uint32_t>(n)) {
+    throw Napi::RangeError::New(info.Env(), std::string("Expected ") + std::to_string(n) + " entries for " + name);
+  }
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (int r = 0; r < n; r++) {
+    Napi::Value v = a.Get(static_cast<uint32_t>(r));
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > static_cast<double>(kMaxCount)) {
+      throw Napi::RangeError::New(info.Env(), std::string("Expected non-negative integers for ") + name);
+    }
+    out[static_cast<size_t>(r)] = static_cast<int64_t>(d);
+  }
+  return out;
+}
+}  // namespace
+
+// allToAllV(input, output, rowElems, inputSplits: number[], outputSplits: number[], seq, dtype, timeoutMs?) —
+// torch's all_to_all_single with split sizes: rows [Σ in[<j], Σ in[≤j]) of input go to rank j; the rows from rank i
+// land at rows [Σ out[<i], Σ out[≤i]) of output (a row is rowElems floats). With the check on, the descriptor
+// exchange also carries every rank's split sizes, and every rank verifies the whole matrix (rank i's out[j] must
+// equal rank j's in[i]), so a disagreement rejects with COLLECTIVE_MISMATCH on every rank before data moves.
+// Data moves with Gloo's alltoallv (zero-length chunks included).
+Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int n = s->size;
+  const int64_t rowElems = IntArg(info, 2, "rowElems", 0, kMaxCount);
+  const std::vector<int64_t> inSplits = SplitArg(info, 3, "inputSplitSizes", n);
+  const std::vector<int64_t> outSplits = SplitArg(info, 4, "outputSplitSizes", n);
+  int64_t inRows = 0, outRows = 0;
+  for (int r = 0; r < n; r++) {
+    inRows += inSplits[static_cast<size_t>(r)];
+    outRows += outSplits[static_cast<size_t>(r)];
+  }
+  if (inRows * rowElems > kMaxCount || outRows * rowElems > kMaxCount) {
+    throw Napi::RangeError::New(info.Env(), "all_to_all_v is too large");
+  }
+  float* in = F32Data(info[0], static_cast<size_t>(inRows * rowElems), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(outRows * rowElems), "output");
+  const int64_t seq = IntArg(info, 5, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 6, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 7, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->RequireConnected();
+    const Descriptor desc{seq, kAllToAllV, dtype, rowElems, -1, -1, 0};
+    if (n == 1) {
+      std::memcpy(out, in, sizeof(float) * static_cast<size_t>(inRows * rowElems));
+      return;
+    }
+    if (s->check) {
+      // Every rank's [in splits, out splits], as int64 words: inline in the descriptor exchange when they fit,
+      // else in an all-gather of their own right after it.
+      std::vector<int64_t> mine(inSplits);
+      mine.insert(mine.end(), outSplits.begin(), outSplits.end());
+      const size_t floats = mine.size() * 2;
+      std::vector<int64_t> all(mine.size() * static_cast<size_t>(n));
+      if (floats <= s->inlineFloats) {
+        size_t stride = 0;
+        const float* gathered = s->Agree(desc, t, reinterpret_cast<const float*>(mine.data()), floats, &stride);
+        for (int r = 0; r < n; r++) {
+          std::memcpy(all.data() + mine.size() * r, gathered + stride * r, floats * sizeof(float));
+        }
+      } else {
+        s->Agree(desc, t);
+        gloo::AllgatherOptions opts(s->ctx);
+        opts.setInput(mine.data(), mine.size());
+        opts.setOutput(all.data(), all.size());
+        opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+        opts.setTimeout(t);
+        gloo::allgather(opts);
+      }
+      std::ostringstream bad;
+      int shown = 0;
+      for (int i = 0; i < n; i++) {
+        for (int j = 0; j < n; j++) {
+          const int64_t expects = all[mine.size() * i + n + j];  // rank i's outputSplitSizes[j]
+          const int64_t sends = all[mine.size() * j + i];        // rank j's inputSplitSizes[i]
+          if (expects != sends && shown++ < 8) {
+            bad << (shown > 1 ? "; " : "") << "rank " << i << " expects " << expects << " rows from rank " << j
+                << ", which sends " << sends;
+          }
+        }
+      }
+      if (shown > 0) {
+        throw CodedError{"COLLECTIVE_MISMATCH", "all_to_all_v split sizes disagree at sequence number " +
+                                                    std::to_string(seq) + " (seen by rank " + std::to_string(s->rank) +
+                                                    "): " + bad.str()};
+      }
+    }
+    std::vector<int64_t> inElems(inSplits), outElems(outSplits);
+    for (int r = 0; r < n; r++) {
+      inElems[static_cast<size_t>(r)] *= rowElems;
+      outElems[static_cast<size_t>(r)] *= rowElems;
+    }
+    if (!s->check && inElems[static_cast<size_t>(s->rank)] != outElems[static_cast<size_t>(s->rank)]) {
+      throw CodedError{"COLLECTIVE_MISMATCH", "all_to_all_v on rank " + std::to_string(s->rank) +
+                                                  ": the rows it sends itself and expects from itself differ"};
+    }
+    float dummyIn = 0, dummyOut = 0;  // an empty side still needs a valid pointer for its unbound buffer
+    gloo::AlltoallvOptions opts(s->ctx);
+    opts.setInput<float>(inRows * rowElems > 0 ? in : &dummyIn, inElems);
+    opts.setOutput<float>(outRows * rowElems > 0 ? out : &dummyOut, outElems);
+    opts.setTag(static_cast<uint32_t>(seq * 2 + 1));
+    opts.setTimeout(t);
+    gloo::alltoallv(opts);
   }, {info[0], info[1]});
 }
 

@@ -27,6 +27,7 @@ class GlooComm : public Napi::ObjectWrap<GlooComm> {
   Napi::Value ReduceScatter(const Napi::CallbackInfo& info);
   Napi::Value Broadcast(const Napi::CallbackInfo& info);
   Napi::Value AllToAll(const Napi::CallbackInfo& info);
+  Napi::Value AllToAllV(const Napi::CallbackInfo& info);
   Napi::Value Barrier(const Napi::CallbackInfo& info);
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value Recv(const Napi::CallbackInfo& info);
