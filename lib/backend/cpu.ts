@@ -58,10 +58,32 @@ function host(s: Storage): HostStorage {
 function alloc(numel: number, dtype: DType, zero = false): HostStorage {
   const Ctor = dtype === 'float32' ? Float32Array : Uint16Array;
   const buf = takeHostBuffer(numel * Ctor.BYTES_PER_ELEMENT);
-  if (!buf) return new HostStorage(dtype, new Ctor(numel));
+  if (!buf) return new HostStorage(dtype, new Ctor(freshHostBuffer(numel * Ctor.BYTES_PER_ELEMENT)));
   const data = new Ctor(buf);
   if (zero) data.fill(0);
   return new HostStorage(dtype, data);
+}
+
+/** Buffers from this size up are mapped natively with huge pages requested (see {@link freshHostBuffer}). */
+const HUGE_PAGE_MIN_BYTES = 4 << 20;
+
+/**
+ * A zeroed buffer of fresh memory. From 4 MiB up it is mapped by the core addon with transparent huge pages
+ * requested (`madvise(MADV_HUGEPAGE)`): the first touch of fresh memory dominates loading a model, and on the
+ * 2-core VM filling 2 GB of fresh small pages took 7.4 s against 3.8 s with huge pages (measured 2026-12-01).
+ */
+export function freshHostBuffer(bytes: number): ArrayBuffer {
+  return bytes >= HUGE_PAGE_MIN_BYTES ? loadCore().allocHostPages(bytes) : new ArrayBuffer(bytes);
+}
+
+/** Float32 host memory for `numel` elements: a pooled buffer (stale contents) or fresh zeroed memory. */
+export function hostFloat32(numel: number): Float32Array {
+  return alloc(numel, 'float32').data as Float32Array;
+}
+
+/** @internal Wraps a float32 array the caller hands over (it must hold no other reference) as host storage. */
+export function adoptFloat32(data: Float32Array): HostStorage {
+  return new HostStorage('float32', data);
 }
 
 const CAST_TO_BITS = { bfloat16: 0, float16: 2 } as const;
@@ -69,14 +91,14 @@ const CAST_FROM_BITS = { bfloat16: 1, float16: 3 } as const;
 
 /** float32 values → float16/bfloat16 bits (round to nearest even). */
 export function floatToBits(data: Float32Array, dtype: 'float16' | 'bfloat16'): Uint16Array {
-  const out = new Uint16Array(data.length);
+  const out = new Uint16Array(freshHostBuffer(data.length * 2));
   loadCore().cast(data, out, CAST_TO_BITS[dtype]);
   return out;
 }
 
 /** float16/bfloat16 bits → float32 values (exact). */
 export function bitsToFloat(bits: Uint16Array, dtype: 'float16' | 'bfloat16'): Float32Array {
-  const out = new Float32Array(bits.length);
+  const out = new Float32Array(freshHostBuffer(bits.length * 4));
   loadCore().cast(bits, out, CAST_FROM_BITS[dtype]);
   return out;
 }

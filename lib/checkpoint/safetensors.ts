@@ -29,6 +29,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 
 import { TpkitError } from '../errors';
+import { loadCore } from '../native';
 import { describe, dimIndex, nonNegativeInteger, oneOf, shape as validShape, typeError } from '../validate';
 
 /** The safetensors dtypes whose data tpkit reads and writes. */
@@ -93,6 +94,8 @@ const COALESCE_GAP_BYTES = 4096;
 const MAX_COALESCED_SPAN_BYTES = 4 << 20;
 /** Positioned reads kept in flight at once by a strided read (the libuv thread-pool size by default). */
 const READ_CONCURRENCY = 4;
+/** Staging buffer of {@link SafetensorsFile.readSliceAsFloat32} (bytes). */
+const STAGE_BYTES = 4 << 20;
 
 interface Entry {
   info: TensorInfo;
@@ -435,6 +438,80 @@ export class SafetensorsFile {
     const entry = this.#entry(name);
     const d = dimIndex(dim, entry.info.shape.length, 'dim');
     return this.#slice(entry, d, start, length);
+  }
+
+  /**
+   * @internal Like {@link SafetensorsFile.readSlice}, but the result is float32: F16 / BF16 data are widened
+   * (exactly) piece by piece through staging buffers of at most 4 MiB, so the 16-bit copy of the slice is never
+   * held whole and no memory is touched twice; F32 data are read straight into the result. `alloc(n)` provides
+   * the result's n elements (fresh or pooled memory; its contents are overwritten).
+   */
+  async readSliceAsFloat32(name: string, dim: number, start: number, length: number, alloc: (n: number) => Float32Array): Promise<{ shape: number[]; data: Float32Array }> {
+    this.#handle();
+    const entry = this.#entry(name);
+    const { shape } = entry.info;
+    const d = dimIndex(dim, shape.length, 'dim');
+    nonNegativeInteger(start, 'start');
+    nonNegativeInteger(length, 'length');
+    const size = shape[d]!;
+    if (start + length > size) {
+      throw new RangeError(`Expected start + length of at most ${size} (size of dim ${d} of tensor '${name}' of shape `
+        + `${showShape(shape)}) but received ${start + length} (start ${start}, length ${length})`);
+    }
+    const itemSize = this.#itemSize(entry);
+    const outShape = shape.slice();
+    outShape[d] = length;
+    const outer = product(shape.slice(0, d));
+    const inner = product(shape.slice(d + 1));
+    const chunkElems = length * inner; // elements kept per index of the leading dims
+    const strideElems = size * inner;
+    const out = alloc(outer * chunkElems);
+    if (out.length !== outer * chunkElems) throw new RangeError(`alloc returned ${out.length} elements, expected ${outer * chunkElems}`);
+    if (out.length === 0) return { shape: outShape, data: out };
+    const base = entry.fileOffset + start * inner * itemSize;
+    if (itemSize === 4) {
+      // F32: the slice's bytes are the result's bytes.
+      const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+      if (outer === 1 || chunkElems === strideElems) await this.#pread(bytes, 0, bytes.length, base, name);
+      else for (let o = 0; o < outer; o++) await this.#pread(bytes, o * chunkElems * 4, chunkElems * 4, base + o * strideElems * 4, name);
+      if (BIG_ENDIAN) swapBytes(bytes, 4);
+      return { shape: outShape, data: out };
+    }
+    const kind = entry.info.dtype === 'BF16' ? 1 : 3;
+    const core = loadCore();
+    const stage = new Uint16Array(STAGE_BYTES / 2);
+    const stageBytes = new Uint8Array(stage.buffer);
+    // Runs of elements to read: (file element offset, result element offset, count), pieces of ≤ STAGE_BYTES.
+    const pieceElems = STAGE_BYTES / 2;
+    const contiguous = outer === 1 || chunkElems === strideElems;
+    if (!contiguous && chunkElems <= pieceElems && (strideElems - chunkElems) * 2 <= COALESCE_GAP_BYTES) {
+      // Rows with small gaps: one read spans several of them, each row's chunk is widened from the span.
+      const per = Math.max(1, Math.floor((pieceElems - chunkElems) / strideElems) + 1);
+      for (let o = 0; o < outer; o += per) {
+        const count = Math.min(per, outer - o);
+        const span = (count - 1) * strideElems + chunkElems;
+        await this.#pread(stageBytes, 0, span * 2, base + o * strideElems * 2, name);
+        if (BIG_ENDIAN) swapBytes(stageBytes.subarray(0, span * 2), 2);
+        for (let i = 0; i < count; i++) {
+          core.cast(stage.subarray(i * strideElems, i * strideElems + chunkElems), out.subarray((o + i) * chunkElems, (o + i + 1) * chunkElems), kind as 1 | 3);
+        }
+      }
+      return { shape: outShape, data: out };
+    }
+    const runs = contiguous ? 1 : outer;
+    const runElems = contiguous ? outer * chunkElems : chunkElems;
+    for (let r = 0; r < runs; r++) {
+      const fileElem = r * strideElems;
+      const outElem = r * chunkElems;
+      for (let k = 0; k < runElems; k += pieceElems) {
+        const n = Math.min(pieceElems, runElems - k);
+        await this.#pread(stageBytes, 0, n * 2, base + (fileElem + k) * 2, name);
+        const bits = stage.subarray(0, n);
+        if (BIG_ENDIAN) swapBytes(stageBytes.subarray(0, n * 2), 2);
+        core.cast(bits, out.subarray(outElem + k, outElem + k + n), kind as 1 | 3);
+      }
+    }
+    return { shape: outShape, data: out };
   }
 
   /**

@@ -13,6 +13,7 @@ import { Tensor, TensorOptions, checkTensor, formatShape, parseDType, parseDevic
 import type { DType, Device } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
 import { adoptRaw } from '../checkpoint/load';
+import { adoptFloat32, hostFloat32 } from '../backend/cpu';
 import { optionalBoolean, options, typeError } from '../validate';
 
 /** Options shared by every layer. */
@@ -98,13 +99,19 @@ export function shardOf(full: Tensor, expected: readonly number[], spec: ShardSp
 }
 
 /**
- * @internal Reads only `spec` of tensor `name` from a safetensors file after checking the stored shape.
+ * @internal Reads only `spec` of tensor `name` from a safetensors file after checking the stored shape. For a
+ * layer whose parameters are float32 on the host (`p`), 16-bit data are widened while they are read, so the
+ * shard arrives in its final form without an intermediate 16-bit copy.
  * @throws RangeError for a wrong shape; TpkitError `CHECKPOINT_INVALID` for a malformed file
  */
-export async function readShard(file: SafetensorsFile, name: string, expected: readonly number[], spec: ShardSpec): Promise<Tensor> {
+export async function readShard(file: SafetensorsFile, name: string, expected: readonly number[], spec: ShardSpec, p?: Parallel): Promise<Tensor> {
   const info = file.info(name);
   if (formatShape(info.shape) !== formatShape(expected)) {
     throw new RangeError(`Expected tensor '${name}' of shape ${formatShape(expected)} in ${file.path} but it has shape ${formatShape(info.shape)}`);
+  }
+  if (p && p.dtype === 'float32' && p.device === 'cpu') {
+    const { shape, data } = await file.readSliceAsFloat32(name, spec.dim, spec.start, spec.length, hostFloat32);
+    return Tensor._wrap(adoptFloat32(data), shape);
   }
   const raw = spec.length === expected[spec.dim] ? await file.read(name) : await file.readSlice(name, spec.dim, spec.start, spec.length);
   return adoptRaw(raw);

@@ -106,7 +106,7 @@ export class VocabParallelEmbedding {
     this.#alive();
     nonEmptyString(name, 'name');
     const { start, count } = this.#range;
-    const rows = count > 0 ? await readShard(file, name, [this.numEmbeddings, this.embeddingDim], { dim: 0, start, length: count }) : null;
+    const rows = count > 0 ? await readShard(file, name, [this.numEmbeddings, this.embeddingDim], { dim: 0, start, length: count }, this.#p) : null;
     await this.#set(rows);
   }
 

@@ -150,7 +150,7 @@ abstract class LinearBase {
     const idx = this.partIndex(shardId);
     if (idx === undefined) throw typeError("a shard id (fused checkpoints: read with loadWeight)", 'shardId', shardId);
     const plan = this.weightPlan()[idx]!;
-    await this.#store(this.#weightParts, idx, await readShard(file, name, plan.fullShape, plan.shard), false);
+    await this.#store(this.#weightParts, idx, await readShard(file, name, plan.fullShape, plan.shard, this.p), false);
   }
 
   /** Like {@link loadWeightFrom} for the bias. @throws as loadWeightFrom, TpkitError `UNSUPPORTED` without a bias */
@@ -161,7 +161,7 @@ abstract class LinearBase {
     const idx = this.partIndex(shardId);
     if (idx === undefined) throw typeError('a shard id', 'shardId', shardId);
     const plan = this.biasPlan()[idx]!;
-    await this.#store(this.#biasParts, idx, await readShard(file, name, plan.fullShape, plan.shard), true);
+    await this.#store(this.#biasParts, idx, await readShard(file, name, plan.fullShape, plan.shard, this.p), true);
   }
 
   /** Frees the parameters. Idempotent; later use throws TpkitError `DISPOSED`. */

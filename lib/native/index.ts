@@ -36,6 +36,8 @@ export interface CoreAddon {
   blasConfig(): string;
   /** kind: 0 f32→bf16, 1 bf16→f32, 2 f32→f16, 3 f16→f32 */
   cast(src: Float32Array | Uint16Array, dst: Float32Array | Uint16Array, kind: 0 | 1 | 2 | 3): void;
+  /** A zeroed ArrayBuffer of `bytes` fresh anonymous pages (transparent huge pages requested), freed by GC. */
+  allocHostPages(bytes: number): ArrayBuffer;
   biasAdd(y: Float32Array, bias: Float32Array, rows: number, cols: number): NativePromise;
   siluAndMul(x: Float32Array, out: Float32Array, rows: number, d: number): NativePromise;
   rmsNorm(x: Float32Array, weight: Float32Array, out: Float32Array, rows: number, cols: number, eps: number): NativePromise;

@@ -29,6 +29,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getBlasThreads", Napi::Function::New(env, GetBlasThreads));
   exports.Set("blasConfig", Napi::Function::New(env, BlasConfig));
   exports.Set("cast", Napi::Function::New(env, Cast));
+  exports.Set("allocHostPages", Napi::Function::New(env, AllocHostPages));
   exports.Set("biasAdd", Napi::Function::New(env, BiasAdd));
   exports.Set("siluAndMul", Napi::Function::New(env, SiluAndMul));
   exports.Set("rmsNorm", Napi::Function::New(env, RmsNorm));

@@ -1,7 +1,11 @@
 #include "kernels.h"
 
+#include <sys/mman.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <string>
 
 #include "async_work.h"
 
@@ -89,6 +93,29 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
     }
   }
   return env.Undefined();
+}
+
+Napi::Value AllocHostPages(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int64_t bytes = IntArg(info, 0, "bytes", 1, kMaxElems * 4);
+  const size_t n = static_cast<size_t>(bytes);
+  void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    throw Napi::RangeError::New(env, "could not map " + std::to_string(n) + " bytes of host memory: " + std::strerror(errno));
+  }
+  // Best effort: with transparent huge pages in `madvise` mode (Debian's default) a 2 MiB page faults once where
+  // 512 small pages would fault one by one; first touches of fresh memory dominate loading a model.
+  madvise(p, n, MADV_HUGEPAGE);
+  Napi::MemoryManagement::AdjustExternalMemory(env, bytes);
+  auto* size = new size_t(n);
+  return Napi::ArrayBuffer::New(
+      env, p, n,
+      [](Napi::Env e, void* data, size_t* len) {
+        munmap(data, *len);
+        Napi::MemoryManagement::AdjustExternalMemory(e, -static_cast<int64_t>(*len));
+        delete len;
+      },
+      size);
 }
 
 Napi::Value BiasAdd(const Napi::CallbackInfo& info) {

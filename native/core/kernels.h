@@ -13,6 +13,8 @@ float HalfToFloat(uint16_t h);
 
 // cast(src, dst, kind): kind 0 f32→bf16, 1 bf16→f32, 2 f32→f16, 3 f16→f32. Synchronous (memory-bound).
 Napi::Value Cast(const Napi::CallbackInfo& info);
+// allocHostPages(bytes): a zeroed ArrayBuffer of fresh anonymous pages, transparent huge pages requested.
+Napi::Value AllocHostPages(const Napi::CallbackInfo& info);
 // biasAdd(y, bias, rows, cols) in place; async.
 Napi::Value BiasAdd(const Napi::CallbackInfo& info);
 // siluAndMul(x, out, rows, d): out[r, j] = silu(x[r, j]) * x[r, d + j]; async.
