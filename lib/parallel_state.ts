@@ -1,6 +1,6 @@
 /**
- * Model-parallel state: which ranks form the tensor-parallel (TP), pipeline-parallel (PP) and data-parallel
- * (DP) groups of this process, following vLLM's `parallel_state.py` and Megatron-LM's `parallel_state`.
+ * Model-parallel state: which ranks form the tensor-parallel (TP), pipeline-parallel (PP), data-parallel
+ * (DP) and expert-parallel (EP) groups of this process, following vLLM's `parallel_state.py` and Megatron-LM's `parallel_state`.
  *
  * Lifecycle:
  * 1. `await initDistributed()` — joins the job, returns the world group;
@@ -12,6 +12,12 @@
  * Layout: ranks are laid out TP fastest, then PP, then DP: global rank = dp·(pp·tp) + p·tp + t. With world 8,
  * tp 2, pp 2 the TP groups are [0,1] [2,3] [4,5] [6,7], the PP groups [0,2] [1,3] [4,6] [5,7] and the DP groups
  * [0,4] [1,5] [2,6] [3,7] (vLLM's `initialize_model_parallel`).
+ *
+ * Expert parallelism (mixture-of-experts layers, lib/layers/moe.ts): by default the EP group spans the TP × DP
+ * ranks of a pipeline stage, as vLLM's `enable_expert_parallel` (world 8, tp 2, pp 2: EP [0,1,4,5] [2,3,6,7]);
+ * `expertParallelSize: K` splits each stage's TP × DP ranks (ordered by DP replica, then TP rank) into
+ * consecutive groups of K (K must divide tp × dp). An EP group with the same ranks as the TP, DP or world group
+ * is that group (no second communicator).
  *
  * Each group is a private singleton behind an accessor that throws `NOT_INITIALIZED` when it does not exist.
  * Layers also accept an explicit `group`, so a program can hold two independent model-parallel setups.
@@ -30,6 +36,11 @@ export interface ModelParallelOptions {
   tensorParallelSize: number;
   /** Pipeline stages (default 1); tp × pp must divide the world size. */
   pipelineParallelSize?: number;
+  /**
+   * Ranks per expert-parallel group (default tp × dp: every rank of a pipeline stage); must divide tp × dp.
+   * MoE layers place whole experts on the ranks of this group and dispatch tokens to them with all-to-all.
+   */
+  expertParallelSize?: number;
   /** The world group to split (default: the one returned by the last `initDistributed()`). */
   world?: ProcessGroup;
 }
@@ -49,8 +60,12 @@ interface State {
   tp: ProcessGroup;
   pp: ProcessGroup;
   dp: ProcessGroup;
+  ep: ProcessGroup;
+  /** Whether `ep` was created for EP (destroyed with the state) rather than shared with tp / dp / world. */
+  epOwned: boolean;
   tpSize: number;
   ppSize: number;
+  epSize: number;
   ppRanks: readonly number[];
 }
 
@@ -94,7 +109,36 @@ export function modelParallelLayout(worldSize: number, tensorParallelSize: numbe
 }
 
 /**
- * Creates the TP, PP and DP groups. Every rank of the world must call it with the same sizes. Calling it again
+ * The expert-parallel rank lists for `worldSize` ranks laid out as {@link modelParallelLayout}: each pipeline
+ * stage's TP × DP ranks, ordered by DP replica then TP rank, cut into consecutive groups of
+ * `expertParallelSize` (default tp × dp: one group per stage, as vLLM's `enable_expert_parallel`). World 8,
+ * tp 2, pp 2: [0,1,4,5] [2,3,6,7]; with expertParallelSize 2: [0,1] [4,5] [2,3] [6,7].
+ *
+ * @throws TypeError / RangeError as modelParallelLayout, and when expertParallelSize does not divide tp × dp
+ */
+export function expertParallelLayout(worldSize: number, tensorParallelSize: number, pipelineParallelSize = 1, expertParallelSize?: number): number[][] {
+  modelParallelLayout(worldSize, tensorParallelSize, pipelineParallelSize);
+  if (expertParallelSize !== undefined) positiveInteger(expertParallelSize, 'expertParallelSize');
+  const mp = tensorParallelSize * pipelineParallelSize;
+  const dpSize = worldSize / mp;
+  const stageRanks = tensorParallelSize * dpSize;
+  const epSize = expertParallelSize ?? stageRanks;
+  if (stageRanks % epSize !== 0) {
+    throw new RangeError(
+      `expertParallelSize ${epSize} does not divide tensorParallelSize ${tensorParallelSize} × data parallel size ${dpSize} = ${stageRanks} (the ranks of a pipeline stage)`,
+    );
+  }
+  const groups: number[][] = [];
+  for (let p = 0; p < pipelineParallelSize; p++) {
+    const stage: number[] = [];
+    for (let d = 0; d < dpSize; d++) for (let t = 0; t < tensorParallelSize; t++) stage.push(d * mp + p * tensorParallelSize + t);
+    for (let i = 0; i < stage.length; i += epSize) groups.push(stage.slice(i, i + epSize));
+  }
+  return groups;
+}
+
+/**
+ * Creates the TP, PP, DP and EP groups. Every rank of the world must call it with the same sizes. Calling it again
  * with the same sizes is a no-op (vLLM's `ensure_model_parallel_initialized`).
  *
  * @throws RangeError when tp × pp does not divide the world size; TpkitError `NOT_INITIALIZED` without a world
@@ -104,12 +148,14 @@ export async function initializeModelParallel(opts: ModelParallelOptions): Promi
   const o = options<ModelParallelOptions>(opts, 'options');
   const tpSize = positiveInteger(o.tensorParallelSize, 'tensorParallelSize');
   const ppSize = o.pipelineParallelSize === undefined ? 1 : positiveInteger(o.pipelineParallelSize, 'pipelineParallelSize');
+  const epOption = o.expertParallelSize === undefined ? undefined : positiveInteger(o.expertParallelSize, 'expertParallelSize');
   const world = o.world ?? getWorldGroup();
   if (!world) {
     throw new TpkitError('NOT_INITIALIZED', 'initializeModelParallel: no world group; call initDistributed() first');
   }
   if (state) {
-    if (state.tpSize === tpSize && state.ppSize === ppSize && state.world === world) return;
+    const epSame = epOption === undefined || epOption === state.epSize;
+    if (state.tpSize === tpSize && state.ppSize === ppSize && epSame && state.world === world) return;
     throw new TpkitError(
       'ALREADY_INITIALIZED',
       `model parallel is already initialized with tensorParallelSize ${state.tpSize}, pipelineParallelSize ${state.ppSize}; ` +
@@ -117,6 +163,7 @@ export async function initializeModelParallel(opts: ModelParallelOptions): Promi
     );
   }
   const layout = modelParallelLayout(world.size, tpSize, ppSize);
+  const epGroups = expertParallelLayout(world.size, tpSize, ppSize, epOption);
   // Every rank creates every group in the same order; each joins only its own.
   const pick = (lists: number[][]): ProcessGroup => {
     let mine: ProcessGroup | null = null;
@@ -129,13 +176,25 @@ export async function initializeModelParallel(opts: ModelParallelOptions): Promi
   const tp = pick(layout.tensorParallelGroups);
   const pp = pick(layout.pipelineParallelGroups);
   const dp = pick(layout.dataParallelGroups);
+  // EP: an existing group when one has the same ranks (every rank decides alike: the layout is the same
+  // everywhere), else new groups.
+  const epSize = epGroups[0]!.length;
+  const ep0 = epGroups[0]!;
+  const tp0 = layout.tensorParallelGroups.find((g) => g[0] === ep0[0])!;
+  const dp0 = layout.dataParallelGroups.find((g) => g[0] === ep0[0])!;
+  const epLikeTp = epSize === tpSize && ep0.every((r, i) => r === tp0[i]);
+  const epLikeDp = !epLikeTp && ep0.length === dp0.length && ep0.every((r, i) => r === dp0[i]);
+  const epLikeWorld = !epLikeTp && !epLikeDp && epSize === world.size;
+  const epOwned = !epLikeTp && !epLikeDp && !epLikeWorld;
+  const ep = epLikeTp ? tp : epLikeDp ? dp : epLikeWorld ? world : pick(epGroups);
   try {
-    await Promise.all([tp.ready, pp.ready, dp.ready]);
+    await Promise.all([tp.ready, pp.ready, dp.ready, ep.ready]);
   } catch (e) {
     [tp, pp, dp].forEach((g) => g.destroy());
+    if (epOwned) ep.destroy();
     throw e;
   }
-  state = { world, tp, pp, dp, tpSize, ppSize, ppRanks: pp.ranks };
+  state = { world, tp, pp, dp, ep, epOwned, tpSize, ppSize, epSize, ppRanks: pp.ranks };
 }
 
 /** True once {@link initializeModelParallel} succeeded (and until {@link destroyModelParallel}). */
@@ -216,6 +275,22 @@ export function getDataParallelWorldSize(): number {
 }
 
 /**
+ * The expert-parallel group of this rank: the ranks among which a MoE layer's experts are split (default: the
+ * TP × DP ranks of this rank's pipeline stage). @throws TpkitError `NOT_INITIALIZED`
+ */
+export function getExpertModelParallelGroup(): ProcessGroup {
+  return need('expert model parallel group').ep;
+}
+/** This rank's rank in its EP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getExpertModelParallelRank(): number {
+  return need('expert model parallel group').ep.rank;
+}
+/** Ranks per EP group. @throws TpkitError `NOT_INITIALIZED` */
+export function getExpertModelParallelWorldSize(): number {
+  return need('expert model parallel group').ep.size;
+}
+
+/**
  * All-reduce (sum) across the TP group, in place; returns `t` at once when TP size is 1 (vLLM's
  * `tensor_model_parallel_all_reduce`).
  *
@@ -238,7 +313,7 @@ export async function tensorModelParallelAllGather(t: Tensor, dim = -1): Promise
   return getTensorModelParallelGroup().allGather(t, { dim });
 }
 
-/** Destroys the TP, PP and DP groups (not the world group). Idempotent. */
+/** Destroys the TP, PP, DP and EP groups (not the world group). Idempotent. */
 export function destroyModelParallel(): void {
   if (!state) return;
   const s = state;
@@ -246,4 +321,5 @@ export function destroyModelParallel(): void {
   s.tp.destroy();
   s.pp.destroy();
   s.dp.destroy();
+  if (s.epOwned) s.ep.destroy();
 }

@@ -4,9 +4,15 @@
  * reference of transformers' Mixtral at EP 1/2/4 and TP 2.
  */
 import test from 'ava';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 
+import { FusedMoE, loadImbalance, routeTopK } from '../lib/layers/moe';
+import { Tensor } from '../lib/tensor';
 import { assertRanksOk, runRanks, sharedRun } from './helpers/run_ranks';
-import { type AllToAllVResult, cell, splitRows } from './fixtures/dist_moe';
+import { referenceMoE } from './helpers/mixtral_reference';
+import { type AllToAllVResult, type MoECase, type MoEResult, cell, splitRows } from './fixtures/dist_moe';
 
 const WORLD_SIZES = [1, 2, 4];
 const LAUNCH_TIMEOUT_MS = 60_000;
@@ -60,3 +66,189 @@ for (const W of WORLD_SIZES) {
     }
   });
 }
+
+// ---------------------------------------------------------------------------------------------------------
+// FusedMoE
+
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const T_GLOBAL = 12;
+const E = 4;
+const H = 8;
+const I = 8;
+
+/**
+ * Integer-friendly data: tokens in {-2..2} with a constant last column 1; w1 rows carry ±200 on it, so
+ * w1·x ∈ ±[158, 242] and silu is exactly x or 0 in float32; every product and sum is a small integer (exact).
+ * With top-1 the renormalised weight is exactly 1, so the whole block is exact.
+ */
+function intCase(name: string, k: number, seed: number, skew = false): MoECase {
+  const r = rng(seed);
+  const int = (m: number) => Math.floor(r() * (2 * m + 1)) - m;
+  const tokens: number[] = [];
+  for (let t = 0; t < T_GLOBAL; t++) for (let h = 0; h < H; h++) tokens.push(h === H - 1 ? 1 : int(2));
+  const gate = Array.from({ length: E * H }, (_, i) => (i % H === H - 1 ? 0 : int(2)));
+  if (skew) {
+    // every token's top expert is E-1, its second E-2
+    gate[(E - 1) * H + H - 1] = 100;
+    gate[(E - 2) * H + H - 1] = 50;
+  }
+  const w1 = Array.from({ length: E }, () => Array.from({ length: I * H }, (_, i) => (i % H === H - 1 ? (r() < 0.5 ? -200 : 200) : int(3))));
+  const w3 = Array.from({ length: E }, () => Array.from({ length: I * H }, () => int(3)));
+  const w2 = Array.from({ length: E }, () => Array.from({ length: H * I }, () => int(3)));
+  return { name, E, k, H, I, gate, w1, w2, w3, tokens };
+}
+
+function randCase(name: string, k: number, seed: number): MoECase {
+  const r = rng(seed);
+  const n = () => Math.sqrt(-2 * Math.log(1 - r())) * Math.cos(2 * Math.PI * r());
+  const mat = (rows: number, cols: number) => Array.from({ length: rows * cols }, () => Math.fround(n() / Math.sqrt(cols)));
+  return {
+    name, E, k, H, I,
+    gate: mat(E, H),
+    w1: Array.from({ length: E }, () => mat(I, H)),
+    w2: Array.from({ length: E }, () => mat(H, I)),
+    w3: Array.from({ length: E }, () => mat(I, H)),
+    tokens: Array.from({ length: T_GLOBAL * H }, () => Math.fround(n())),
+  };
+}
+
+const CASES: MoECase[] = [
+  intCase('int-top1', 1, 1),
+  intCase('int-top2', 2, 2),
+  randCase('rand-top2', 2, 3),
+  randCase('rand-top1', 1, 4),
+  intCase('skewed-top1', 1, 5, true),
+  intCase('skewed-top2', 2, 6, true),
+  intCase('int-top2-empty', 2, 7),
+];
+
+function reference(c: MoECase): { out: Float64Array; tokensPerExpert: number[] } {
+  const w = { gate: Float64Array.from(c.gate), w1: c.w1.map((m) => Float64Array.from(m)), w2: c.w2.map((m) => Float64Array.from(m)), w3: c.w3.map((m) => Float64Array.from(m)) };
+  return referenceMoE(c.tokens, c.tokens.length / c.H, c.H, c.I, c.E, c.k, w);
+}
+
+let caseFile = '';
+const moeRuns = new Map<number, () => ReturnType<typeof runRanks<MoEResult>>>();
+for (const W of WORLD_SIZES) {
+  moeRuns.set(W, sharedRun(async () => {
+    if (!caseFile) {
+      const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'tpkit-moe-'));
+      caseFile = path.join(dir, 'cases.json');
+      await fsp.writeFile(caseFile, JSON.stringify(CASES));
+    }
+    return runRanks<MoEResult>(W, 'dist_moe', 'moe', { args: [caseFile], timeoutMs: LAUNCH_TIMEOUT_MS });
+  }));
+}
+
+test('FusedMoE: invalid sizes and groups are RangeErrors naming the numbers', (t) => {
+  t.throws(() => new FusedMoE(4, 5, 8, 6), { instanceOf: RangeError, message: 'Expected integer in [1, 5) for topK but received 5 of type number' });
+  t.throws(() => new FusedMoE(4, 0, 8, 6), { instanceOf: RangeError, message: 'Expected integer in [1, 5) for topK but received 0 of type number' });
+  t.throws(() => new FusedMoE(0, 1, 8, 6), { instanceOf: RangeError, message: 'Expected positive integer for numExperts but received 0 of type number' });
+  t.throws(() => new FusedMoE(4, 1, 8, 6, { expertGroup: {} as never }), { instanceOf: TypeError, message: 'Expected ProcessGroup for expertGroup but received [object Object] of type object' });
+});
+
+test('FusedMoE on one rank: weights of an expert never loaded → NOT_INITIALIZED; wrong shapes → RangeError', async (t) => {
+  const moe = new FusedMoE(4, 2, 8, 8);
+  t.deepEqual(moe.localExperts, [0, 1, 2, 3]);
+  await moe.loadRouterWeight(Tensor.zeros([4, 8]));
+  await t.throwsAsync(moe.forward(Tensor.zeros([2, 8])), { message: 'FusedMoE: weights of expert 0 were not loaded' });
+  await t.throwsAsync(moe.loadExpertWeight(0, 'w2', Tensor.zeros([6, 8])), { instanceOf: RangeError, message: 'Expected expert 0 w2 of shape [8, 8] but received [6, 8]' });
+  await t.throwsAsync(moe.loadExpertWeight(4, 'w1', Tensor.zeros([6, 8])), { instanceOf: RangeError, message: 'Expected integer in [0, 4) for expert but received 4 of type number' });
+  await t.throwsAsync(moe.forward(Tensor.zeros([2, 7])), { instanceOf: RangeError, message: 'FusedMoE: expected input of shape [T, 8] but received [2, 7]' });
+  moe.dispose();
+});
+
+test('routeTopK: softmax, top-k with ties to the lower index, renormalised; loadImbalance', (t) => {
+  const { experts, weights } = routeTopK([0, 1, 1, 0], 1, 4, 2);
+  t.deepEqual(Array.from(experts), [1, 2]);
+  t.deepEqual(Array.from(weights), [0.5, 0.5]);
+  const one = routeTopK([3, -1, 2, 0], 1, 4, 1);
+  t.deepEqual(Array.from(one.experts), [0]);
+  t.is(one.weights[0], 1);
+  t.is(loadImbalance([2, 2, 2, 2]), 1);
+  t.is(loadImbalance([0, 0, 0, 8]), 4);
+  t.is(loadImbalance([0, 0]), 0);
+});
+
+for (const W of WORLD_SIZES) {
+  for (const c of CASES) {
+    test(`world ${W}: FusedMoE ${c.name} equals the dense float64 reference at every layout`, async (t) => {
+      const out = await moeRuns.get(W)!();
+      assertRanksOk(t, out);
+      const ref = reference(c);
+      const scale = Math.max(...Array.from(ref.out, Math.abs));
+      const exact = c.name.startsWith('int') || c.name.startsWith('skewed');
+      const layouts = new Set<string>();
+      for (const r of out.results) {
+        for (const run of r!.runs.filter((x) => x.case === c.name)) {
+          layouts.add(run.layout);
+          const [start, n] = run.rows;
+          t.is(run.out.length, n * H);
+          const want = Array.from(ref.out.subarray(start * H, (start + n) * H));
+          if (exact && c.k === 1 && run.tp === 1) {
+            t.deepEqual(run.out, want.map(Math.fround), `${run.layout} rank ${r!.rank}: bit-identical`);
+          } else {
+            const bound = (exact ? 1e-6 : 1e-5) * scale;
+            const err = Math.max(0, ...run.out.map((v, i) => Math.abs(v - want[i]!)));
+            t.true(err <= bound, `${run.layout} rank ${r!.rank}: max |Δ| ${err} > ${bound}`);
+          }
+        }
+      }
+      t.is(layouts.size, W === 1 ? 1 : W === 2 ? 2 : 3);
+    });
+  }
+
+  test(`world ${W}: FusedMoE EP layouts agree bit for bit, and report per-expert token counts`, async (t) => {
+    const out = await moeRuns.get(W)!();
+    assertRanksOk(t, out);
+    for (const c of CASES) {
+      const ref = reference(c);
+      // EP over the world: every rank's rows concatenated = the whole input; counts sum to the reference's.
+      const ep = out.results.map((r) => r!.runs.find((x) => x.case === c.name && x.layout === `ep${W}`)!);
+      const total = new Array<number>(E).fill(0);
+      const local = new Array<number>(E).fill(0);
+      for (const run of ep) {
+        run.tokensPerExpert.forEach((v, e) => (total[e]! += v));
+        run.localExperts.forEach((e, j) => (local[e]! += run.localExpertTokens[j]!));
+        t.is(run.ep, W);
+        t.is(run.localExperts.length, E / W);
+      }
+      t.deepEqual(total, ref.tokensPerExpert, c.name);
+      t.deepEqual(local, ref.tokensPerExpert, `${c.name}: rows each expert processed`);
+      if (c.name.startsWith('skewed')) {
+        t.deepEqual(ref.tokensPerExpert, c.k === 1 ? [0, 0, 0, T_GLOBAL] : [0, 0, T_GLOBAL, T_GLOBAL]);
+        // at EP 4 the ranks of experts 0 and 1 receive zero rows
+        if (W === 4) t.deepEqual(ep.map((run) => run.localExpertTokens[0]), c.k === 1 ? [0, 0, 0, T_GLOBAL] : [0, 0, T_GLOBAL, T_GLOBAL]);
+      }
+      if (c.name.includes('empty') && W > 1) t.deepEqual(ep[W - 1]!.rows, [0, 0], 'the last rank holds no tokens');
+    }
+  });
+}
+
+test('FusedMoE: EP 1, 2 and 4 give bit-identical outputs on integer-friendly data (top-1 and top-2)', async (t) => {
+  const outs = await Promise.all(WORLD_SIZES.map((W) => moeRuns.get(W)!()));
+  outs.forEach((o) => assertRanksOk(t, o));
+  for (const name of ['int-top1', 'int-top2', 'skewed-top2', 'int-top2-empty']) {
+    const whole = outs.map((o, i) => {
+      const W = WORLD_SIZES[i]!;
+      const rows = new Array<number>(T_GLOBAL * H);
+      for (const r of o.results) {
+        const run = r!.runs.find((x) => x.case === name && x.layout === `ep${W}`)!;
+        run.out.forEach((v, j) => (rows[run.rows[0] * H + j] = v));
+      }
+      return rows;
+    });
+    t.deepEqual(whole[1], whole[0], `${name}: EP 2 vs EP 1`);
+    t.deepEqual(whole[2], whole[0], `${name}: EP 4 vs EP 1`);
+  }
+});
