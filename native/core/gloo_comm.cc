@@ -300,12 +300,13 @@ struct GlooState {
   // all-reduces use this to finish in this one round instead of a descriptor round plus a ring (2(n-1) more
   // steps). With the check on every operation's block has the same size (descriptor + inlineFloats), whatever
   // its element count, so ranks that disagree still exchange cleanly and report the mismatch. With the check
-  // off only the payload is gathered (the ranks are trusted to agree).
+  // off only (op, element count) and the payload travel (AgreeUnchecked).
   const float* Agree(const Descriptor& mine, ms opTimeout, const float* payload = nullptr, size_t count = 0,
                      size_t* stride = nullptr) {
-    if (size == 1 || (!check && payload == nullptr)) return nullptr;
-    const size_t descWords = check ? kDescWords : 0;
-    const size_t payloadWords = check ? inlineFloats / 2 : (count + 1) / 2;
+    if (size == 1 || (!check && mine.op == kBarrier)) return nullptr;
+    if (!check) return AgreeUnchecked(mine, opTimeout, payload, count, stride);
+    const size_t descWords = kDescWords;
+    const size_t payloadWords = inlineFloats / 2;
     const size_t blockWords = descWords + payloadWords;
     if (exchangeIn.size() < blockWords) exchangeIn.resize(blockWords);
     if (exchangeOut.size() < blockWords * size) exchangeOut.resize(blockWords * size);
@@ -336,6 +337,59 @@ struct GlooState {
     if (payload == nullptr) return nullptr;
     if (stride != nullptr) *stride = blockWords * 2;
     return reinterpret_cast<const float*>(exchangeOut.data() + descWords);
+  }
+
+  // Agree with TPKIT_CHECK=off: the ranks are trusted to agree, but nothing reachable from JavaScript may abort
+  // the process, and Gloo aborts it when ranks disagree on a size: its I/O thread (which no code of ours wraps)
+  // throws gloo::EnforceNotMet (`op.preamble.length <= op.nbytes`) when a peer sends more bytes than the posted
+  // buffer holds, and std::terminate follows. So every op still exchanges a two-word header (op, element count),
+  // together with the payload when it travels inline, on unbound buffers whose receives are posted with room for
+  // the largest block any rank may send (header + inlineFloats): a longer count on a peer can never overrun them.
+  // A disagreement rejects with COLLECTIVE_MISMATCH on every rank (each sees every rank's header) before data
+  // moves; the group stays usable. Costs one small round per op that goes to the ring afterwards.
+  const float* AgreeUnchecked(const Descriptor& mine, ms opTimeout, const float* payload, size_t count,
+                              size_t* stride) {
+    constexpr size_t kHeaderWords = 2;
+    const size_t capWords = kHeaderWords + inlineFloats / 2;
+    const size_t sendWords = kHeaderWords + (payload != nullptr ? (count + 1) / 2 : 0);
+    if (exchangeIn.size() < capWords) exchangeIn.resize(capWords);
+    if (exchangeOut.size() < capWords * size) exchangeOut.resize(capWords * size);
+    exchangeIn[0] = mine.op;
+    exchangeIn[1] = mine.count;
+    if (payload != nullptr) std::memcpy(exchangeIn.data() + kHeaderWords, payload, count * sizeof(float));
+    std::memcpy(exchangeOut.data() + capWords * rank, exchangeIn.data(), sendWords * sizeof(int64_t));
+    const size_t capBytes = capWords * sizeof(int64_t);
+    const uint64_t slot = (uint64_t{0xC3} << 56) | static_cast<uint64_t>(mine.seq);
+    auto in = ctx->createUnboundBuffer(exchangeIn.data(), sendWords * sizeof(int64_t));
+    auto out = ctx->createUnboundBuffer(exchangeOut.data(), capBytes * size);
+    for (int q = 0; q < size; q++) {
+      if (q == rank) continue;
+      out->recv(q, slot, capBytes * q, capBytes);
+      in->send(q, slot);
+    }
+    for (int q = 0; q < size - 1; q++) {
+      if (!out->waitRecv(opTimeout)) throw CodedError{"GLOO_ABORTED", std::string(OpName(mine.op)) + " was aborted"};
+    }
+    for (int q = 0; q < size - 1; q++) {
+      if (!in->waitSend(opTimeout)) throw CodedError{"GLOO_ABORTED", std::string(OpName(mine.op)) + " was aborted"};
+    }
+    bool same = true;
+    for (int q = 0; q < size; q++) {
+      if (exchangeOut[capWords * q] != mine.op || exchangeOut[capWords * q + 1] != mine.count) same = false;
+    }
+    if (!same) {
+      std::ostringstream s;
+      s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank
+        << "): operations or element counts differ across ranks (TPKIT_CHECK=off): ";
+      for (int q = 0; q < size; q++) {
+        s << (q ? "; " : "") << "rank " << q << ": " << OpName(exchangeOut[capWords * q]) << " of "
+          << exchangeOut[capWords * q + 1] << " elements";
+      }
+      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+    }
+    if (payload == nullptr) return nullptr;
+    if (stride != nullptr) *stride = capWords * 2;
+    return reinterpret_cast<const float*>(exchangeOut.data() + kHeaderWords);
   }
 };
 
