@@ -8,6 +8,10 @@
  * naming the field, never a silently different model. Defaults are transformers' (`configuration_llama.py`,
  * `configuration_mistral.py`, `configuration_qwen2.py`).
  *
+ * Mixtral (`MixtralForCausalLM`, transformers' `modeling_mixtral.py`) is the same decoder with a sparse
+ * mixture-of-experts block in place of the MLP; {@link parseMixtralConfig} reads it (and rejects the MoE variants
+ * tpkit does not implement: shared experts, other routers, dense layers between sparse ones).
+ *
  * @module
  */
 import { TpkitError } from '../errors';
@@ -37,10 +41,13 @@ export interface RopeConfig {
   originalMaxPositionEmbeddings: number;
 }
 
+/** Every decoder architecture tpkit loads: the Llama family and Mixtral. */
+export type DecoderArchitecture = LlamaArchitecture | 'MixtralForCausalLM';
+
 /** A checked Llama-family configuration (camelCase of the Hugging Face fields, defaults applied). */
 export interface LlamaConfig {
-  /** `architectures[0]`. */
-  architecture: LlamaArchitecture;
+  /** `architectures[0]` (`MixtralForCausalLM` only in a {@link MixtralConfig}). */
+  architecture: DecoderArchitecture;
   /** `model_type` (`llama`, `mistral`, `qwen2`). */
   modelType: string;
   /** `hidden_size`. */
@@ -192,19 +199,23 @@ function parseRope(c: Json, headDim: number): RopeConfig {
  *   missing or malformed value (e.g. heads that do not divide, a non-integer size)
  */
 export function parseLlamaConfig(json: unknown): LlamaConfig {
+  return parseDecoder(json, SUPPORTED_ARCHITECTURES, REJECTED_FIELDS, ' (MixtralForCausalLM: parseMixtralConfig)');
+}
+
+function parseDecoder(json: unknown, allowed: readonly string[], rejected: typeof REJECTED_FIELDS, hint: string): LlamaConfig {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw invalid('the top level', 'a JSON object', json);
   const c = json as Json;
   const archs = c['architectures'];
   if (!Array.isArray(archs) || archs.length === 0 || typeof archs[0] !== 'string') throw invalid('architectures', 'a non-empty list of class names', archs);
   if (archs.length > 1) throw unsupported('architectures', archs, 'one architecture per checkpoint');
   const architecture = archs[0] as string;
-  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(architecture)) {
-    throw unsupported('architectures', archs, `tpkit implements ${SUPPORTED_ARCHITECTURES.join(', ')}`);
+  if (!allowed.includes(architecture)) {
+    throw unsupported('architectures', archs, `tpkit implements ${allowed.join(', ')} here${hint}`);
   }
-  const arch = architecture as LlamaArchitecture;
+  const arch = architecture as DecoderArchitecture;
   const act = c['hidden_act'] ?? 'silu';
   if (act !== 'silu') throw unsupported('hidden_act', act, "the MLP activation is SiLU ('silu')");
-  for (const [field, ok, why] of REJECTED_FIELDS) {
+  for (const [field, ok, why] of rejected) {
     if (field in c && c[field] !== null && !ok(c[field])) throw unsupported(field, c[field], why);
   }
   const hiddenSize = posInt(c, 'hidden_size');
@@ -218,6 +229,8 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
   let slidingWindow: number | null = null;
   // MistralConfig defaults sliding_window to 4096 when the key is absent; only an explicit null disables it.
   if (arch === 'MistralForCausalLM' && c['sliding_window'] !== null) slidingWindow = posInt(c, 'sliding_window', 4096);
+  // MixtralConfig defaults sliding_window to None.
+  if (arch === 'MixtralForCausalLM' && c['sliding_window'] !== undefined && c['sliding_window'] !== null) slidingWindow = posInt(c, 'sliding_window');
   const attentionBias = bool(c, 'attention_bias', false);
   const qwen = arch === 'Qwen2ForCausalLM';
   const bos = tokenIds(c, 'bos_token_id');
@@ -242,6 +255,63 @@ export function parseLlamaConfig(json: unknown): LlamaConfig {
     bosTokenId: bos.length > 0 ? bos[0]! : null,
     rope: parseRope(c, headDim),
   };
+}
+
+/** A checked Mixtral configuration: the decoder's fields plus the sparse MoE block's. */
+export interface MixtralConfig extends LlamaConfig {
+  architecture: 'MixtralForCausalLM';
+  /** `num_local_experts`: experts per MoE layer (default 8). */
+  numLocalExperts: number;
+  /** `num_experts_per_tok`: the router's top-k (default 2; at most num_local_experts). */
+  numExpertsPerTok: number;
+}
+
+/**
+ * MoE fields of other models' configs that mean a block Mixtral does not compute (shared experts, other
+ * routers, dense layers between sparse ones), and the value that is harmless.
+ */
+const MIXTRAL_REJECTED_FIELDS: typeof REJECTED_FIELDS = [
+  ...REJECTED_FIELDS.filter(([f]) => f !== 'num_local_experts' && f !== 'num_experts'),
+  ['num_experts', (v) => !v, "Qwen-MoE's num_experts is not Mixtral's num_local_experts"],
+  ['shared_expert_intermediate_size', (v) => !v, 'shared experts are not implemented'],
+  ['n_shared_experts', (v) => !v, 'shared experts are not implemented'],
+  ['num_shared_experts', (v) => !v, 'shared experts are not implemented'],
+  ['norm_topk_prob', (v) => v === true, 'the Mixtral router always renormalises the top-k weights'],
+  ['scoring_func', (v) => v === 'softmax', "the Mixtral router scores with 'softmax'"],
+  ['topk_method', (v) => v === 'greedy', "the Mixtral router picks the top-k greedily ('greedy')"],
+  ['n_group', (v) => v === 1, 'grouped expert routing is not implemented'],
+  ['topk_group', (v) => v === 1, 'grouped expert routing is not implemented'],
+  ['routed_scaling_factor', (v) => v === 1, 'scaled routing weights are not implemented'],
+  ['first_k_dense_replace', (v) => v === 0, 'dense layers before the sparse ones are not implemented'],
+  ['decoder_sparse_step', (v) => v === 1, 'a sparse block in every layer only (decoder_sparse_step 1)'],
+  ['mlp_only_layers', (v) => Array.isArray(v) && v.length === 0, 'dense layers between sparse ones are not implemented'],
+  ['moe_layer_freq', (v) => v === 1, 'a sparse block in every layer only'],
+  ['router_bias', (v) => v === false, 'a router without bias only'],
+];
+
+/**
+ * Checks a `MixtralForCausalLM` `config.json` (transformers' `configuration_mixtral.py` defaults:
+ * num_local_experts 8, num_experts_per_tok 2, sliding_window None). The router is Mixtral's: softmax over the
+ * experts in float32, top-k, weights renormalised to sum to 1. `router_jitter_noise` only acts in training
+ * (transformers applies it when `self.training`), `output_router_logits` / `router_aux_loss_coef` only to the
+ * loss: all three are accepted and ignored.
+ *
+ * @throws TpkitError `UNSUPPORTED` naming the field for another architecture, shared experts
+ *   (`shared_expert_intermediate_size`, `n_shared_experts`), other routers (`norm_topk_prob` false,
+ *   `scoring_func`, `topk_method`, `n_group`, `routed_scaling_factor`), dense layers between sparse ones, and
+ *   everything {@link parseLlamaConfig} rejects; `CHECKPOINT_INVALID` naming the field for a malformed value
+ *   (e.g. num_experts_per_tok above num_local_experts)
+ */
+export function parseMixtralConfig(json: unknown): MixtralConfig {
+  const base = parseDecoder(json, ['MixtralForCausalLM'], MIXTRAL_REJECTED_FIELDS, ' (the Llama family: parseLlamaConfig)');
+  const c = json as Json;
+  if (c['attention_bias'] === true) throw unsupported('attention_bias', true, 'Mixtral attention has no biases');
+  const numLocalExperts = posInt(c, 'num_local_experts', 8);
+  const numExpertsPerTok = posInt(c, 'num_experts_per_tok', 2);
+  if (numExpertsPerTok > numLocalExperts) {
+    throw invalid('num_experts_per_tok', `at most num_local_experts ${numLocalExperts}`, numExpertsPerTok);
+  }
+  return { ...base, architecture: 'MixtralForCausalLM', qkvBias: false, oProjBias: false, mlpBias: false, numLocalExperts, numExpertsPerTok };
 }
 
 /** What {@link ropeInvFreq} returns: the inputs of `rotaryEmbedding`. */

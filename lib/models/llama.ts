@@ -16,6 +16,10 @@
  * sequences are micro-batches in flight at once, so stages overlap (GPipe's fill-drain schedule, idle fraction
  * (p − 1)/(p + m − 1) for m micro-batches).
  *
+ * The MLP of a decoder layer is pluggable ({@link DecoderMlp}): the dense SwiGLU MLP here ({@link LlamaMlp}),
+ * the sparse mixture-of-experts block in `MixtralForCausalLM` (lib/models/mixtral.ts), which reuses everything
+ * else through {@link LlamaForCausalLM._load}.
+ *
  * @module
  */
 import * as path from 'node:path';
@@ -33,7 +37,7 @@ import { ParallelLMHead } from '../layers/lm_head';
 import { adoptRaw } from '../checkpoint/load';
 import { integerInRange, nonEmptyString, options, positiveInteger, typeError } from '../validate';
 import { CheckpointDir, readJsonFile } from './checkpoint_dir';
-import { LlamaConfig, parseLlamaConfig, ropeInvFreq } from './config';
+import { type LlamaConfig, parseLlamaConfig, ropeInvFreq } from './config';
 import { Sampler, SamplingOptions, checkSamplingOptions } from './sampling';
 
 /** Options of {@link LlamaForCausalLM.fromPretrained}. */
@@ -87,6 +91,124 @@ export function partitionLayers(numLayers: number, stages: number): StagePartiti
   return { starts, counts };
 }
 
+/**
+ * The MLP of a decoder layer: `[T, hidden]` → `[T, hidden]` (the residual is added by the layer), complete on
+ * every rank of the TP group (any reduction done inside).
+ */
+export interface DecoderMlp {
+  forward(x: Tensor): Promise<Tensor>;
+  /** Bytes of parameters this rank holds. */
+  readonly parameterBytes: number;
+  dispose(): void;
+}
+
+/** What a {@link DecoderVariant} gets to build the MLP of decoder layer `layer`. */
+export interface MlpLoadContext<C extends LlamaConfig = LlamaConfig> {
+  config: C;
+  ckpt: CheckpointDir;
+  /** Global index of the decoder layer. */
+  layer: number;
+  /** `model.layers.N.` */
+  prefix: string;
+  /** TP group (null at TP 1), dtype and device of the model's layers. */
+  tp: ProcessGroup | null;
+  dtype: DType;
+  device: Device;
+  /** The options given to fromPretrained (variants read their own). */
+  options: Record<string, unknown>;
+}
+
+/**
+ * @internal A decoder architecture for {@link LlamaForCausalLM._load}: how to read its config and build each
+ * layer's MLP. Everything else (embedding, attention, norms, LM head, KV cache, PP) is shared.
+ */
+export interface DecoderVariant<C extends LlamaConfig = LlamaConfig> {
+  parseConfig(json: unknown): C;
+  loadMlp(ctx: MlpLoadContext<C>): Promise<DecoderMlp>;
+}
+
+/**
+ * The dense SwiGLU MLP `down(silu(gate(x)) · up(x))` under TP (vLLM's `LlamaMLP`): `MergedColumnParallelLinear`
+ * gate_up_proj, `RowParallelLinear` down_proj (one all-reduce).
+ */
+export class LlamaMlp implements DecoderMlp {
+  /** `mlp.{gate,up}_proj` */
+  readonly gateUpProj: MergedColumnParallelLinear;
+  /** `mlp.down_proj` */
+  readonly downProj: RowParallelLinear;
+
+  constructor(gateUpProj: MergedColumnParallelLinear, downProj: RowParallelLinear) {
+    this.gateUpProj = gateUpProj;
+    this.downProj = downProj;
+  }
+
+  /** Loads `${prefix}mlp.{gate,up,down}_proj` (and biases with mlp_bias) for this rank's TP shard. */
+  static async load(ctx: MlpLoadContext): Promise<LlamaMlp> {
+    const { config, ckpt, prefix: p } = ctx;
+    const layerOpts = { group: ctx.tp ?? undefined, dtype: ctx.dtype, device: ctx.device };
+    const h = config.hiddenSize;
+    const gateUpProj = new MergedColumnParallelLinear(h, [config.intermediateSize, config.intermediateSize], { ...layerOpts, bias: config.mlpBias });
+    let downProj: RowParallelLinear | null = null;
+    try {
+      for (const [j, s] of (['gate', 'up'] as const).entries()) {
+        const name = `${p}mlp.${s}_proj.weight`;
+        await gateUpProj.loadWeightFrom(await ckpt.fileFor(name), name, j);
+        if (config.mlpBias) {
+          const b = `${p}mlp.${s}_proj.bias`;
+          await gateUpProj.loadBiasFrom(await ckpt.fileFor(b), b, j);
+        }
+      }
+      downProj = new RowParallelLinear(config.intermediateSize, h, { ...layerOpts, bias: config.mlpBias });
+      await loadLinear(ckpt, downProj, `${p}mlp.down_proj`, config.mlpBias);
+      return new LlamaMlp(gateUpProj, downProj);
+    } catch (e) {
+      gateUpProj.dispose();
+      downProj?.dispose();
+      throw e;
+    }
+  }
+
+  get parameterBytes(): number {
+    let n = 0;
+    for (const lin of [this.gateUpProj, this.downProj]) n += lin.weight.nbytes + (lin.bias ? lin.bias.nbytes : 0);
+    return n;
+  }
+
+  async forward(x: Tensor): Promise<Tensor> {
+    const gu = (await this.gateUpProj.forward(x)) as Tensor;
+    const act = await siluAndMul(gu);
+    gu.dispose();
+    const down = (await this.downProj.forward(act)) as Tensor;
+    act.dispose();
+    return down;
+  }
+
+  dispose(): void {
+    this.gateUpProj.dispose();
+    this.downProj.dispose();
+  }
+}
+
+/** The Llama family: {@link parseLlamaConfig} and {@link LlamaMlp}. */
+const LLAMA_VARIANT: DecoderVariant = { parseConfig: parseLlamaConfig, loadMlp: (ctx) => LlamaMlp.load(ctx) };
+
+/** @internal What the model constructor takes (built by {@link LlamaForCausalLM._load}). */
+export interface ModelInit {
+  config: LlamaConfig;
+  tp: ProcessGroup | null;
+  pp: ProcessGroup | null;
+  model: ProcessGroup | null;
+  driver: number;
+  device: Device;
+  dtype: DType;
+  part: StagePartition;
+  embed: VocabParallelEmbedding | null;
+  layers: DecoderLayer[];
+  norm: Tensor | null;
+  lmHead: ParallelLMHead | null;
+  files: string[];
+}
+
 /** One decoder layer's parameters on this rank (Hugging Face names in comments). */
 interface DecoderLayer {
   /** `input_layernorm.weight` */
@@ -97,10 +219,8 @@ interface DecoderLayer {
   oProj: RowParallelLinear;
   /** `post_attention_layernorm.weight` */
   postAttentionLayernorm: Tensor;
-  /** `mlp.{gate,up}_proj` */
-  gateUpProj: MergedColumnParallelLinear;
-  /** `mlp.down_proj` */
-  downProj: RowParallelLinear;
+  /** `mlp.*` (or the variant's block, e.g. Mixtral's `block_sparse_moe.*`) */
+  mlp: DecoderMlp;
 }
 
 /**
@@ -293,21 +413,8 @@ export class LlamaForCausalLM {
   #records: StageRecord[] | null = null;
   #t0 = 0;
 
-  private constructor(init: {
-    config: LlamaConfig;
-    tp: ProcessGroup | null;
-    pp: ProcessGroup | null;
-    model: ProcessGroup | null;
-    driver: number;
-    device: Device;
-    dtype: DType;
-    part: StagePartition;
-    embed: VocabParallelEmbedding | null;
-    layers: DecoderLayer[];
-    norm: Tensor | null;
-    lmHead: ParallelLMHead | null;
-    files: string[];
-  }) {
+  /** @internal Use {@link LlamaForCausalLM.fromPretrained}. */
+  protected constructor(init: ModelInit) {
     this.config = init.config;
     this.checkpointFiles = Object.freeze(init.files.slice().sort());
     this.#tp = init.tp;
@@ -352,9 +459,10 @@ export class LlamaForCausalLM {
     if (this.#norm) n += this.#norm.nbytes;
     for (const l of this.#layers) {
       n += l.inputLayernorm.nbytes + l.postAttentionLayernorm.nbytes;
-      for (const lin of [l.qkvProj, l.oProj, l.gateUpProj, l.downProj]) {
+      for (const lin of [l.qkvProj, l.oProj]) {
         n += lin.weight.nbytes + (lin.bias ? lin.bias.nbytes : 0);
       }
+      n += l.mlp.parameterBytes;
     }
     return n;
   }
@@ -372,6 +480,19 @@ export class LlamaForCausalLM {
    *   and the groups' errors
    */
   static async fromPretrained(dir: string, opts?: FromPretrainedOptions): Promise<LlamaForCausalLM> {
+    return LlamaForCausalLM._load(dir, opts, LLAMA_VARIANT, (init) => new LlamaForCausalLM(init));
+  }
+
+  /**
+   * @internal The loader of {@link LlamaForCausalLM.fromPretrained} for any {@link DecoderVariant}: `make` builds
+   * the instance (a subclass's constructor).
+   */
+  protected static async _load<C extends LlamaConfig, M extends LlamaForCausalLM>(
+    dir: string,
+    opts: FromPretrainedOptions | undefined,
+    variant: DecoderVariant<C>,
+    make: (init: ModelInit) => M,
+  ): Promise<M> {
     nonEmptyString(dir, 'dir');
     const o = options<FromPretrainedOptions>(opts, 'options');
     const device = parseDevice(o.device);
@@ -407,7 +528,7 @@ export class LlamaForCausalLM {
     if (model && model.size !== tpSize * ppSize) {
       throw new RangeError(`modelGroup has ${model.size} ranks but the model spans tensor parallel size ${tpSize} × pipeline parallel size ${ppSize}`);
     }
-    const config = parseLlamaConfig(await readJsonFile(path.join(dir, 'config.json')));
+    const config = variant.parseConfig(await readJsonFile(path.join(dir, 'config.json')));
     // Layouts the heads and layers cannot be split into fail before any file is read.
     if (config.numAttentionHeads % tpSize !== 0) {
       throw new RangeError(`num_attention_heads ${config.numAttentionHeads} is not divisible by tensor parallel size ${tpSize}`);
@@ -458,24 +579,13 @@ export class LlamaForCausalLM {
         }
         const oProj = track(new RowParallelLinear(config.numAttentionHeads * hd, h, { ...layerOpts, bias: config.oProjBias }));
         await loadLinear(ckpt, oProj, `${p}self_attn.o_proj`, config.oProjBias);
-        const gateUpProj = track(new MergedColumnParallelLinear(h, [config.intermediateSize, config.intermediateSize], { ...layerOpts, bias: config.mlpBias }));
-        for (const [j, s] of (['gate', 'up'] as const).entries()) {
-          const name = `${p}mlp.${s}_proj.weight`;
-          await gateUpProj.loadWeightFrom(await ckpt.fileFor(name), name, j);
-          if (config.mlpBias) {
-            const b = `${p}mlp.${s}_proj.bias`;
-            await gateUpProj.loadBiasFrom(await ckpt.fileFor(b), b, j);
-          }
-        }
-        const downProj = track(new RowParallelLinear(config.intermediateSize, h, { ...layerOpts, bias: config.mlpBias }));
-        await loadLinear(ckpt, downProj, `${p}mlp.down_proj`, config.mlpBias);
+        const mlp = track(await variant.loadMlp({ config, ckpt, layer: i, prefix: p, tp, dtype, device, options: o as Record<string, unknown> }));
         layers.push({
           inputLayernorm: await readFull(`${p}input_layernorm.weight`, [h]),
           qkvProj,
           oProj,
           postAttentionLayernorm: await readFull(`${p}post_attention_layernorm.weight`, [h]),
-          gateUpProj,
-          downProj,
+          mlp,
         });
       }
       let norm: Tensor | null = null;
@@ -505,7 +615,7 @@ export class LlamaForCausalLM {
         for (let r = 0; r < model.size; r++) if (v[2 * r] === ppSize - 1 && v[2 * r + 1] === 0) driver = r;
         if (driver < 0) throw new RangeError('modelGroup does not contain TP rank 0 of the last pipeline stage');
       }
-      return new LlamaForCausalLM({ config, tp, pp, model, driver, device, dtype, part, embed, layers, norm, lmHead, files: ckpt.openedFiles });
+      return make({ config, tp, pp, model, driver, device, dtype, part, embed, layers, norm, lmHead, files: ckpt.openedFiles });
     } catch (e) {
       for (const x of created) x.dispose();
       throw e;
@@ -684,8 +794,7 @@ export class LlamaForCausalLM {
       l.postAttentionLayernorm.dispose();
       l.qkvProj.dispose();
       l.oProj.dispose();
-      l.gateUpProj.dispose();
-      l.downProj.dispose();
+      l.mlp.dispose();
     }
   }
 
@@ -870,12 +979,8 @@ export class LlamaForCausalLM {
       o.dispose();
       h.dispose();
       const normed2 = await rmsNorm(h2, layer.postAttentionLayernorm, c.rmsNormEps);
-      const gu = (await layer.gateUpProj.forward(normed2)) as Tensor;
+      const down = await layer.mlp.forward(normed2);
       normed2.dispose();
-      const act = await siluAndMul(gu);
-      gu.dispose();
-      const down = (await layer.downProj.forward(act)) as Tensor;
-      act.dispose();
       h = await add(h2, down);
       down.dispose();
       h2.dispose();
@@ -972,7 +1077,7 @@ export class LlamaForCausalLM {
   }
 
   #alive(): void {
-    if (this.#disposed) throw new TpkitError('DISPOSED', 'LlamaForCausalLM was used after dispose()');
+    if (this.#disposed) throw new TpkitError('DISPOSED', `${this.constructor.name} was used after dispose()`);
   }
 }
 
