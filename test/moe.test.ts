@@ -11,8 +11,13 @@ import path from 'node:path';
 import { FusedMoE, loadImbalance, routeTopK } from '../lib/layers/moe';
 import { Tensor } from '../lib/tensor';
 import { assertRanksOk, runRanks, sharedRun } from './helpers/run_ranks';
-import { referenceMoE } from './helpers/mixtral_reference';
-import { type AllToAllVResult, type MoECase, type MoEResult, cell, splitRows } from './fixtures/dist_moe';
+import { referenceMixtralForward, referenceMoE } from './helpers/mixtral_reference';
+import type { RefConfig, RefWeights } from './helpers/llama_reference';
+import { writeTinyMixtral } from './helpers/tiny_mixtral';
+import { MixtralForCausalLM } from '../lib/models/mixtral';
+import { parseLlamaConfig, parseMixtralConfig } from '../lib/models/config';
+import { TpkitError } from '../lib/errors';
+import { type AllToAllVResult, type MixtralLayoutResult, type MoECase, type MoEResult, cell, splitRows } from './fixtures/dist_moe';
 
 const WORLD_SIZES = [1, 2, 4];
 const LAUNCH_TIMEOUT_MS = 60_000;
@@ -251,4 +256,127 @@ test('FusedMoE: EP 1, 2 and 4 give bit-identical outputs on integer-friendly dat
     t.deepEqual(whole[1], whole[0], `${name}: EP 2 vs EP 1`);
     t.deepEqual(whole[2], whole[0], `${name}: EP 4 vs EP 1`);
   }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// MixtralForCausalLM
+
+const PROMPT = [3, 17, 5, 42, 8, 29, 11];
+
+function refGreedy(config: RefConfig, weights: RefWeights, prompt: number[], n: number): number[] {
+  const ids = prompt.slice();
+  const V = config.vocab_size;
+  const outIds: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const logits = referenceMixtralForward(config, weights, ids);
+    const last = logits.subarray((ids.length - 1) * V, ids.length * V);
+    let best = 0;
+    for (let v = 1; v < V; v++) if (last[v]! > last[best]!) best = v;
+    ids.push(best);
+    outIds.push(best);
+  }
+  return outIds;
+}
+
+let mixDir = '';
+let mix: { config: RefConfig; weights: RefWeights } | null = null;
+const mixtralRun = sharedRun(async () => {
+  mixDir = await fsp.mkdtemp(path.join(os.tmpdir(), 'tpkit-mixtral-'));
+  mix = await writeTinyMixtral(mixDir, { shards: 2, seed: 21 });
+  return runRanks<{ rank: number; layouts: MixtralLayoutResult[] }>(4, 'dist_moe', 'mixtral', { args: [mixDir, PROMPT.join(',')], timeoutMs: 90_000 });
+});
+
+test('Mixtral on 4 ranks: EP 1/2/4, TP 2 and TP 2 × EP 4 give the float64 reference logits (1e-4 of max |logit|) and identical greedy tokens', async (t) => {
+  const out = await mixtralRun();
+  assertRanksOk(t, out);
+  const { config, weights } = mix!;
+  const ref = referenceMixtralForward(config, weights, PROMPT);
+  const scale = Math.max(...Array.from(ref, Math.abs));
+  const greedy = refGreedy(config, weights, PROMPT, 6);
+  for (const r of out.results) {
+    t.deepEqual(r!.layouts.map((l) => l.layout), ['ep1', 'ep2', 'ep4', 'tp2', 'tp2ep4']);
+    for (const l of r!.layouts) {
+      const err = Math.max(...l.promptLogits.map((v, i) => Math.abs(v - ref[i]!)));
+      t.true(err <= 1e-4 * scale, `${l.layout} rank ${r!.rank}: max |Δlogit| ${err} vs bound ${1e-4 * scale}`);
+      t.deepEqual(l.greedy, greedy, `${l.layout} rank ${r!.rank}: greedy tokens`);
+    }
+  }
+});
+
+test('Mixtral on 4 ranks: each rank holds and reads only its experts', async (t) => {
+  const out = await mixtralRun();
+  assertRanksOk(t, out);
+  const by = (rank: number, layout: string) => out.results[rank]!.layouts.find((l) => l.layout === layout)!;
+  for (let rank = 0; rank < 4; rank++) {
+    t.deepEqual(by(rank, 'ep1').localExperts, [0, 1, 2, 3]);
+    t.deepEqual(by(rank, 'ep2').localExperts, (rank & 1) === 0 ? [0, 1] : [2, 3]);
+    t.deepEqual(by(rank, 'ep4').localExperts, [rank]);
+    t.deepEqual(by(rank, 'tp2ep4').localExperts, [rank]);
+    t.is(by(rank, 'tp2').tp, 2);
+    t.is(by(rank, 'tp2').ep, 1);
+    t.is(by(rank, 'tp2ep4').ep, 4);
+    t.true(by(rank, 'ep4').parameterBytes < by(rank, 'ep2').parameterBytes);
+    t.true(by(rank, 'ep2').parameterBytes < by(rank, 'ep1').parameterBytes);
+    // experts 2 and 3 live in the second file only: ranks holding experts 0/1 never open it
+    const files = by(rank, 'ep4').checkpointFiles;
+    t.deepEqual(files, rank < 2 ? ['model-00001-of-00002.safetensors'] : ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']);
+    // load balance: the last forward's routed tokens per expert (one decode token, top-2)
+    for (const counts of by(rank, 'ep1').tokensPerExpert) t.is(counts.reduce((a, b) => a + b, 0), 2);
+  }
+});
+
+test('parseMixtralConfig: defaults, and MoE variants tpkit does not implement are UNSUPPORTED naming the field', (t) => {
+  const base = { architectures: ['MixtralForCausalLM'], hidden_size: 64, intermediate_size: 8, num_hidden_layers: 1, num_attention_heads: 4, vocab_size: 8 };
+  const c = parseMixtralConfig(base);
+  t.is(c.numLocalExperts, 8);
+  t.is(c.numExpertsPerTok, 2);
+  t.is(c.slidingWindow, null);
+  t.is(parseMixtralConfig({ ...base, router_jitter_noise: 0.1, output_router_logits: true }).numLocalExperts, 8);
+  const cases: [Record<string, unknown>, string][] = [
+    [{ shared_expert_intermediate_size: 128 }, 'config.json: shared_expert_intermediate_size = 128 is not supported (shared experts are not implemented)'],
+    [{ n_shared_experts: 2 }, 'n_shared_experts = 2 is not supported (shared experts are not implemented)'],
+    [{ norm_topk_prob: false }, 'norm_topk_prob = false is not supported (the Mixtral router always renormalises the top-k weights)'],
+    [{ scoring_func: 'sigmoid' }, 'scoring_func = "sigmoid" is not supported'],
+    [{ topk_method: 'noaux_tc' }, 'topk_method = "noaux_tc" is not supported'],
+    [{ n_group: 8 }, 'n_group = 8 is not supported (grouped expert routing is not implemented)'],
+    [{ routed_scaling_factor: 2.5 }, 'routed_scaling_factor = 2.5 is not supported'],
+    [{ mlp_only_layers: [0] }, 'mlp_only_layers = [0] is not supported'],
+    [{ num_experts: 60 }, 'num_experts = 60 is not supported'],
+    [{ architectures: ['Qwen2MoeForCausalLM'] }, 'architectures = ["Qwen2MoeForCausalLM"] is not supported'],
+    [{ attention_bias: true }, 'attention_bias = true is not supported'],
+  ];
+  for (const [patch, message] of cases) {
+    const e = t.throws(() => parseMixtralConfig({ ...base, ...patch }), { instanceOf: TpkitError });
+    t.is(e?.code, 'UNSUPPORTED', message);
+    t.true(e!.message.includes(message), `${e!.message} should include ${message}`);
+  }
+  const bad = t.throws(() => parseMixtralConfig({ ...base, num_local_experts: 2, num_experts_per_tok: 3 }), { instanceOf: TpkitError });
+  t.is(bad?.code, 'CHECKPOINT_INVALID');
+  t.is(bad?.message, 'config.json: expected at most num_local_experts 2 for num_experts_per_tok but received 3');
+  // the Llama parser still refuses Mixtral
+  t.throws(() => parseLlamaConfig(base), { instanceOf: TpkitError, message: /architectures = \["MixtralForCausalLM"\] is not supported/ });
+});
+
+test('MixtralForCausalLM in one process matches the reference; a Llama directory is UNSUPPORTED', async (t) => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'tpkit-mixtral1-'));
+  const { config, weights } = await writeTinyMixtral(dir, { seed: 5, topK: 1, numLayers: 1 });
+  const model = await MixtralForCausalLM.fromPretrained(dir);
+  const cache = model.createCache(PROMPT.length);
+  const [logits] = await model.forward([{ ids: PROMPT, cache }], { allPositions: true });
+  cache.dispose();
+  const ref = referenceMixtralForward(config, weights, PROMPT);
+  const scale = Math.max(...Array.from(ref, Math.abs));
+  t.true(Math.max(...Array.from(logits!, (v, i) => Math.abs(v - ref[i]!))) <= 1e-4 * scale);
+  t.is(model.mixtralConfig.numExpertsPerTok, 1);
+  model.dispose();
+  t.throws(() => model.createCache(2), { message: 'MixtralForCausalLM was used after dispose()' });
+  const cfg = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+  await fsp.writeFile(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, architectures: ['LlamaForCausalLM'] }));
+  await t.throwsAsync(MixtralForCausalLM.fromPretrained(dir), { instanceOf: TpkitError, message: /architectures = \["LlamaForCausalLM"\] is not supported/ });
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+test.after.always(async () => {
+  if (mixDir) await fsp.rm(mixDir, { recursive: true, force: true });
+  if (caseFile) await fsp.rm(path.dirname(caseFile), { recursive: true, force: true });
 });
