@@ -1,7 +1,7 @@
 /**
  * `tpkit generate`: text generation with a Hugging Face model directory on TP × PP ranks.
  *
- *   tpkit generate --model-dir DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N [--tp K] [--pp P]
+ *   tpkit generate --model-dir DIR (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N [--tp K] [--pp P] [--ep E]
  *     [--backend cpu|cuda] [--temperature T --top-k K --top-p P --seed S] [--micro-batches M]
  *     [--prefill-chunk C] [--ignore-eos] [--json FILE] [--timeout-ms MS]
  *
@@ -9,6 +9,11 @@
  * starts K × P ranks of itself with {@link launch} and waits; each rank runs `initDistributed` →
  * `parallelState.initializeModelParallel({ tensorParallelSize: K, pipelineParallelSize: P })` →
  * `LlamaForCausalLM.fromPretrained` → `generate` → destroy. Under a launcher the world size must be K × P.
+ *
+ * Mixtral directories (`MixtralForCausalLM`) load as {@link MixtralForCausalLM}. `--ep E` places their experts
+ * on E ranks (expert parallelism): E dividing K puts them on the TP ranks (vLLM's layout with one replica);
+ * E a multiple of K adds E / K data-parallel replicas (world K × E / K, PP 1), each generating the same
+ * prompts, whose MoE layers exchange tokens by all-to-all. Without `--ep` the experts are split by TP.
  * Every rank returns the same tokens (the driver rank, TP rank 0 of the last stage, samples and broadcasts);
  * rank 0 prints them and writes `--json` ({@link GenerateReport}).
  *
@@ -32,6 +37,7 @@ import { initDistributed } from './distributed/init';
 import { launch } from './distributed/launcher';
 import { TpkitError } from './errors';
 import { LlamaForCausalLM } from './models/llama';
+import { MixtralForCausalLM } from './models/mixtral';
 import * as parallelState from './parallel_state';
 import { Tensor } from './tensor';
 
@@ -49,6 +55,8 @@ export interface GenerateFlags {
   tp: number;
   /** Pipeline stages P. */
   pp: number;
+  /** Expert-parallel size E (MoE models; 1: experts split by TP). */
+  ep: number;
   /** Where parameters live. */
   backend: 'cpu' | 'cuda';
   /** Sampling temperature (0: greedy). */
@@ -88,6 +96,12 @@ export interface GenerateReport {
   tp: number;
   /** Pipeline stages. */
   pp: number;
+  /** Expert-parallel size (1 for dense models). */
+  ep: number;
+  /** Data-parallel replicas (ep / tp when ep > tp, else 1). */
+  dp: number;
+  /** MoE models: experts, experts per token, and the last forward's routed tokens per expert (layer 0, rank 0). */
+  moe?: { numExperts: number; topK: number; localExperts: number[]; tokensPerExpert: number[] };
   /** `cpu` or `cuda` (the process groups are gloo). */
   backend: 'cpu' | 'cuda';
   /** The sampling options used (temperature 0: greedy). */
@@ -160,6 +174,7 @@ function buildCommand(): Command {
     .addOption(new Option('--max-new-tokens <n>', 'new tokens per prompt at most').argParser(intParser(1, 'positive integer')))
     .addOption(new Option('--tp <k>', 'tensor-parallel size').argParser(intParser(1, 'positive integer')).default(1))
     .addOption(new Option('--pp <p>', 'pipeline stages').argParser(intParser(1, 'positive integer')).default(1))
+    .addOption(new Option('--ep <e>', 'expert-parallel size of a mixture-of-experts model (divides --tp, or a multiple of it: data-parallel replicas)').argParser(intParser(1, 'positive integer')).default(1))
     .addOption(new Option('--backend <name>', 'where parameters live (process groups: gloo)').choices(['cpu', 'cuda']).default('cpu'))
     .addOption(new Option('--temperature <t>', 'sampling temperature (0: greedy)').argParser(numberParser))
     .addOption(new Option('--top-k <k>', 'keep the k most likely tokens (0: all)').argParser(intParser(0, 'non-negative integer')))
@@ -204,6 +219,20 @@ function parseFlags(argv: string[]): GenerateFlags {
   if (f.temperature !== undefined && (f.temperature as number) < 0) {
     throw new UsageError(`error: option '--temperature <t>' argument '${f.temperature}' is invalid. Expected non-negative number`);
   }
+  const tp = f.tp as number;
+  const ep = f.ep as number;
+  if (ep > 1) {
+    let moe = false;
+    try {
+      const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
+      moe = Array.isArray(cfg.architectures) && cfg.architectures[0] === 'MixtralForCausalLM';
+    } catch {
+      // the model load reports a malformed config.json
+    }
+    if (!moe) throw new UsageError(`error: --ep ${ep} needs a mixture-of-experts model (MixtralForCausalLM); ${dir} is not one`);
+    if (tp % ep !== 0 && ep % tp !== 0) throw new UsageError(`error: --ep ${ep} must divide --tp ${tp} or be a multiple of it`);
+    if (ep > tp && (f.pp as number) > 1) throw new UsageError(`error: --ep ${ep} above --tp ${tp} adds data-parallel replicas, which need --pp 1`);
+  }
   const pick = <K extends string>(k: K): Record<K, number> | Record<string, never> =>
     f[k] === undefined ? {} : ({ [k]: f[k] as number } as Record<K, number>);
   return {
@@ -213,6 +242,7 @@ function parseFlags(argv: string[]): GenerateFlags {
     maxNewTokens: f.maxNewTokens as number,
     tp: f.tp as number,
     pp: f.pp as number,
+    ep,
     backend: f.backend as 'cpu' | 'cuda',
     ...pick('temperature'),
     ...pick('topK'),
@@ -273,7 +303,7 @@ async function launchRanks(f: GenerateFlags, argv: string[], env: NodeJS.Process
   // Gloo, file reads and the CPU GEMM workers share libuv's pool: 4 threads (the default) starve them.
   if (rankEnv.UV_THREADPOOL_SIZE === undefined || Number(rankEnv.UV_THREADPOOL_SIZE) < 8) rankEnv.UV_THREADPOOL_SIZE = '8';
   const r = await launch({
-    nprocPerNode: f.tp * f.pp,
+    nprocPerNode: worldSizeOf(f),
     script: path.join(__dirname, 'cli.js'),
     args: ['generate', ...argv],
     env: rankEnv,
@@ -291,13 +321,34 @@ function median(xs: readonly number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
+/** Data-parallel replicas: `--ep` above `--tp` adds ep / tp of them. */
+function dpOf(f: GenerateFlags): number {
+  return f.ep > f.tp ? f.ep / f.tp : 1;
+}
+
+/** Ranks of the job: tp × pp × replicas. */
+function worldSizeOf(f: GenerateFlags): number {
+  return f.tp * f.pp * dpOf(f);
+}
+
+/** `architectures[0]` of the directory's config.json ('' when unreadable: the model load reports why). */
+function readArchitecture(dir: string): string {
+  try {
+    const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { architectures?: unknown };
+    return Array.isArray(cfg.architectures) && typeof cfg.architectures[0] === 'string' ? cfg.architectures[0] : '';
+  } catch {
+    return '';
+  }
+}
+
 /** One rank of the job: load, generate, report (rank 0). */
 async function runRank(f: GenerateFlags, env: NodeJS.ProcessEnv): Promise<number> {
   const world = await initDistributed({ backend: 'gloo', ...(f.timeoutMs ? { timeoutMs: f.timeoutMs } : {}) });
   try {
-    if (world.size !== f.tp * f.pp) {
+    if (world.size !== worldSizeOf(f)) {
       if (world.rank === 0) {
-        process.stderr.write(`tpkit generate: error: --tp ${f.tp} × --pp ${f.pp} needs a world of ${f.tp * f.pp} ranks but this launch has ${world.size} (tpkit launch --nproc-per-node ${f.tp * f.pp}, or run tpkit generate without a launcher)\n`);
+        const what = dpOf(f) > 1 ? `--tp ${f.tp} × --pp ${f.pp} × ${dpOf(f)} replicas (--ep ${f.ep})` : `--tp ${f.tp} × --pp ${f.pp}`;
+        process.stderr.write(`tpkit generate: error: ${what} needs a world of ${worldSizeOf(f)} ranks but this launch has ${world.size} (tpkit launch --nproc-per-node ${worldSizeOf(f)}, or run tpkit generate without a launcher)\n`);
       }
       return 2;
     }
@@ -309,10 +360,13 @@ async function runRank(f: GenerateFlags, env: NodeJS.ProcessEnv): Promise<number
     }
     const tokenizer = f.prompt !== null ? await loadTokenizer(f.modelDir) : null;
     const prompts = f.promptIds ?? [tokenizer!.encode(f.prompt!).ids];
-    await parallelState.initializeModelParallel({ tensorParallelSize: f.tp, pipelineParallelSize: f.pp });
+    const isMoE = readArchitecture(f.modelDir) === 'MixtralForCausalLM';
+    await parallelState.initializeModelParallel({
+      tensorParallelSize: f.tp, pipelineParallelSize: f.pp, ...(isMoE ? { expertParallelSize: f.ep } : {}),
+    });
     await world.barrier();
     const t0 = performance.now();
-    const model = await LlamaForCausalLM.fromPretrained(f.modelDir, { device });
+    const model = isMoE ? await MixtralForCausalLM.fromPretrained(f.modelDir, { device }) : await LlamaForCausalLM.fromPretrained(f.modelDir, { device });
     await world.barrier();
     const loadMs = performance.now() - t0;
     try {
@@ -344,6 +398,18 @@ async function runRank(f: GenerateFlags, env: NodeJS.ProcessEnv): Promise<number
           numLayers: model.config.numHiddenLayers,
           tp: f.tp,
           pp: f.pp,
+          ep: isMoE ? f.ep : 1,
+          dp: dpOf(f),
+          ...(model instanceof MixtralForCausalLM
+            ? {
+              moe: {
+                numExperts: model.mixtralConfig.numLocalExperts,
+                topK: model.mixtralConfig.numExpertsPerTok,
+                localExperts: model.localExperts.slice(),
+                tokensPerExpert: model.lastMoEStats[0]?.tokensPerExpert ?? [],
+              },
+            }
+            : {}),
           backend: f.backend,
           sampling: { temperature: f.temperature ?? 0, topK: f.topK ?? 0, topP: f.topP ?? 1, seed: f.seed ?? 0 },
           promptIds: first.promptIds,
@@ -391,7 +457,7 @@ async function runRank(f: GenerateFlags, env: NodeJS.ProcessEnv): Promise<number
 function printReport(r: GenerateReport, nPrompts: number): void {
   const w = (s: string): void => void process.stdout.write(`${s}\n`);
   const mib = (b: number): string => (b / 2 ** 20).toFixed(1);
-  w(`# tpkit generate: ${r.modelDir} (${r.architecture}, ${r.numLayers} layers), tp ${r.tp} × pp ${r.pp}, ${r.backend} (gloo), ` +
+  w(`# tpkit generate: ${r.modelDir} (${r.architecture}, ${r.numLayers} layers), tp ${r.tp} × pp ${r.pp}${r.ep > 1 ? ` (ep ${r.ep}${r.dp > 1 ? `, ${r.dp} replicas` : ''})` : ''}, ${r.backend} (gloo), ` +
     `${r.sampling.temperature === 0 ? 'greedy' : `temperature ${r.sampling.temperature}, top-k ${r.sampling.topK}, top-p ${r.sampling.topP}, seed ${r.sampling.seed}`}`);
   w(`# loaded in ${r.timings.loadMs.toFixed(0)} ms; weights per rank ${r.weightBytesPerRank.map(mib).join(', ')} MiB`);
   r.sequences.forEach((s, i) => {
