@@ -12,6 +12,7 @@ const ENV_SCRIPT = fixture('launch_env.js');
 const FAIL_SCRIPT = fixture('launch_fail.js');
 const RESTART_SCRIPT = fixture('launch_restart.js');
 const CLI_SCRIPT = fixture('launch_cli.js');
+const STORE_SCRIPT = fixture('launch_store.js');
 
 /** A writable stream that keeps everything written to it. */
 class Collector extends Writable {
@@ -271,6 +272,23 @@ test('maxRestarts restarts the whole group with a new run id', async (t) => {
     stderr.lines().includes('tpkit launch: rank 1 exited with code 5; restarting all 2 ranks (restart 1 of 2)'),
     stderr.text,
   );
+});
+
+test('the store lives in the launcher: rank 0 SIGKILLed, the restart meets in the same store and completes', async (t) => {
+  const { result, stdout, stderr } = await run({ nprocPerNode: 2, maxRestarts: 1, graceMs: 1000, script: STORE_SCRIPT });
+  t.is(result.exitCode, 0, `${result.summary}\n${stderr.text}`);
+  t.is(result.restarts, 1);
+  t.true(stderr.lines().includes('tpkit launch: rank 0 was killed by signal SIGKILL; restarting all 2 ranks (restart 1 of 1)'), stderr.text);
+  const outs = stdout
+    .lines()
+    .filter((l) => l.includes('{'))
+    .map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { rank: number; restart: string; port: number; sum: number[]; sawFirstAttempt: boolean });
+  t.is(outs.length, 2, stdout.text);
+  for (const o of outs) {
+    t.is(o.restart, '1');
+    t.deepEqual(o.sum, [3]);
+    t.true(o.sawFirstAttempt, `rank ${o.rank} read the key its predecessor left: one store across the restart`);
+  }
 });
 
 test('maxRestarts gives up after the last restart fails', async (t) => {

@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 
 import { TpkitError } from '../lib/errors';
+import { initDistributed } from '../lib/distributed/init';
 import { DEAD_RANK_PREFIX, type StoreOptions, TCPStore, TCPStoreServer } from '../lib/distributed/store';
 
 // The suite sets its own options; the caller's environment must not change them.
@@ -622,4 +623,87 @@ test('a raw client answering HMAC-SHA256(token, nonce) is accepted', async (t) =
   raw.socket.write(frame(0x02, 0, mac));
   const r = await reply;
   t.is(r[4], 0x03, 'AUTH_OK');
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// Restarts against one store, foreign connections, the token of initDistributed's env (issues 13, 14)
+// ---------------------------------------------------------------------------------------------------------
+
+test('a rank that connects again is no longer reported dead, and its old connection closing late does not report it', async (t) => {
+  const { clients } = await setup(t, 1);
+  const [s] = clients as [TCPStore];
+  const killed = spawnWorker(t, ['hold', HOST, String(s.port), '6']);
+  t.is(await killed.firstLine, 'ready');
+  killed.child.kill('SIGKILL');
+  t.regex((await s.get(`${DEAD_RANK_PREFIX}6`, { timeoutMs: 5_000 })).toString('utf8'), /^rank 6 lost: /);
+  // The restarted rank 6 says HELLO again: its death is forgotten.
+  const again = await TCPStore.connect(HOST, s.port, { rank: 6, timeoutMs: 5_000 });
+  t.false(await s.check([`${DEAD_RANK_PREFIX}6`]));
+  // A newer connection of rank 7 makes the older one's loss stale.
+  const older = rawConnect(s.port);
+  await older.handshake;
+  older.socket.write(frame(0x10, 1, Buffer.from([7, 0, 0, 0])));
+  await new Promise((r) => setTimeout(r, 50));
+  const newer = await TCPStore.connect(HOST, s.port, { rank: 7, timeoutMs: 5_000 });
+  older.socket.destroy();
+  await older.closed;
+  await new Promise((r) => setTimeout(r, 100));
+  t.false(await s.check([`${DEAD_RANK_PREFIX}7`]), 'the replaced connection of rank 7 does not mark it dead');
+  await again.close();
+  await newer.close();
+});
+
+/** Runs the store_foreign fixture; `hello` makes the held half-open connection say HELLO as that rank first. */
+async function foreignHost(t: ExecutionContext, hello?: number): Promise<{ exitedWithinMs: number | null }> {
+  const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'store_foreign.js')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let out = '';
+  const line = (n: number) =>
+    new Promise<string>((resolve) => {
+      const on = (d: Buffer): void => {
+        out += d.toString();
+        const lines = out.split('\n');
+        if (lines.length > n) {
+          child.stdout.off('data', on);
+          resolve(lines[n - 1]!);
+        }
+      };
+      child.stdout.on('data', on);
+      on(Buffer.alloc(0));
+    });
+  const port = Number(await line(1));
+  const raw = rawConnect(port);
+  t.teardown(() => raw.socket.destroy());
+  await raw.handshake;
+  if (hello !== undefined) raw.socket.write(frame(0x10, 1, Buffer.from([hello, 0, 0, 0])));
+  raw.socket.write(Buffer.from([200, 0])); // half a length prefix, never completed
+  await new Promise((r) => setTimeout(r, 50));
+  child.stdin.write('go\n');
+  t.is(await line(2), 'used');
+  const started = Date.now();
+  return { exitedWithinMs: (await within(exited, 2_000)) ? Date.now() - started : null };
+}
+
+test('a foreign connection that never completes a frame does not keep the hosting process alive', async (t) => {
+  const { exitedWithinMs } = await foreignHost(t);
+  t.not(exitedWithinMs, null, 'the host exited within 2 s of its last use of the store');
+});
+
+test('a connection that said HELLO as another rank keeps the hosting process alive (that rank still uses the store)', async (t) => {
+  const { exitedWithinMs } = await foreignHost(t, 1);
+  t.is(exitedWithinMs, null);
+});
+
+test('initDistributed uses TPKIT_STORE_TOKEN from its env option', async (t) => {
+  const server = await TCPStoreServer.listen(HOST, 0, { timeoutMs: 5_000, token: 'from-init-env' });
+  t.teardown(() => server.close());
+  // Rank 1 of 2 against a launcher-style store: it authenticates, then times out waiting for rank 0.
+  const env = {
+    RANK: '1', WORLD_SIZE: '2', MASTER_ADDR: HOST, MASTER_PORT: String(server.port),
+    TPKIT_USE_LAUNCHER_STORE: '1', TPKIT_STORE_TOKEN: 'from-init-env', TPKIT_RUN_ID: 'token-test',
+  };
+  const e = await t.throwsAsync(initDistributed({ env, backend: 'gloo', timeoutMs: 800 }), { instanceOf: TpkitError });
+  t.is(e?.code, 'TIMEOUT', e?.message);
+  t.regex(e!.message, /waited 800 ms for rank \[0\] to join/);
 });

@@ -1,22 +1,30 @@
 /**
  * `initDistributed()`: joins this process to the job and returns the world process group.
  *
- * Rank 0 hosts the rendezvous store (a TCP key–value store like PyTorch's TCPStore) on the master address and
- * port; every rank connects to it; the backend's communicator then rendezvous through it (Gloo exchanges its
- * pair addresses, NCCL its unique id). The store outlives `destroy()`, so a program can re-initialise after a
- * failure; each `initDistributed()` uses a fresh key prefix.
+ * Lifecycle: read the environment (readDistEnv, readTpkitEnv) → connect to the rendezvous store → choose and
+ * check the address this rank advertises to Gloo peers → connect the world communicator → return the group.
+ *
+ * The store is hosted by the node-0 `tpkit launch` process (`TPKIT_USE_LAUNCHER_STORE=1`), by torchrun's agent
+ * (`TORCHELASTIC_USE_AGENT_STORE=True`: tpkit speaks torch's TCPStore protocol to it), or else by rank 0 in its
+ * own process (srun, mpirun). Every rank connects to it; the backend's communicator then rendezvous through it
+ * (Gloo exchanges its pair addresses, NCCL its unique id). The store outlives `destroy()`, so a program can
+ * re-initialise after a failure; each `initDistributed()` uses a fresh key prefix.
  *
  * @module
  */
+import { promises as dns } from 'node:dns';
+import { readFileSync, readlinkSync } from 'node:fs';
+import { isIP } from 'node:net';
 import os from 'node:os';
 import { TpkitError } from '../errors';
 import { loadCore } from '../native';
 import { oneOf, options, positiveInteger } from '../validate';
 import { Communicator } from './comm';
-import { readDistEnv, DistEnv } from './env';
+import { readDistEnv, readTpkitEnv, DistEnv, MAX_TIMEOUT_MS, TpkitEnv } from './env';
 import { GlooCommunicator, glooIoPriority } from './gloo';
 import { GroupRuntime, ProcessGroup, prefixedStore } from './process_group';
 import { TCPStore, TCPStoreServer } from './store';
+import { TorchStore } from './torch_store';
 
 /** Options of {@link initDistributed}. */
 export interface InitOptions {
@@ -41,8 +49,11 @@ export interface InitOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/** What initDistributed needs of a store: tpkit's {@link TCPStore} or a client of torch's ({@link TorchStore}). */
+type RendezvousKV = Pick<TCPStore, 'set' | 'get' | 'check' | 'wait' | 'add' | 'localAddress'>;
+
 // One store connection (and on rank 0 the server) per process and master, reused across re-initialisation.
-const stores = new Map<string, Promise<TCPStore>>();
+const stores = new Map<string, Promise<RendezvousKV>>();
 let generation = 0;
 let current: ProcessGroup | null = null;
 
@@ -51,23 +62,19 @@ export function getWorldGroup(): ProcessGroup | null {
   return current;
 }
 
-function defaultTimeout(env: NodeJS.ProcessEnv): number {
-  const v = env.TPKIT_TIMEOUT_MS;
-  if (v === undefined || v === '') return 300_000;
-  return positiveInteger(Number(v), 'TPKIT_TIMEOUT_MS');
-}
-
-async function openStore(e: DistEnv, timeoutMs: number): Promise<TCPStore> {
-  const key = `${e.masterAddr}:${e.masterPort}:${e.rank}`;
+async function openStore(e: DistEnv, t: TpkitEnv, timeoutMs: number): Promise<RendezvousKV> {
+  const key = `${t.storeHost}:${e.masterAddr}:${e.masterPort}:${e.rank}`;
   let p = stores.get(key);
   if (!p) {
-    p = (async () => {
-      if (e.rank === 0) {
-        const server = await TCPStoreServer.listen(e.masterAddr, e.masterPort, { timeoutMs });
+    const token = t.storeToken;
+    p = (async (): Promise<RendezvousKV> => {
+      if (t.storeHost === 'torch-agent') return TorchStore.connect(e.masterAddr, e.masterPort, { timeoutMs });
+      if (e.rank === 0 && t.storeHost === 'rank0') {
+        const server = await TCPStoreServer.listen(e.masterAddr, e.masterPort, { timeoutMs, token });
         server.unref(0);
-        return TCPStore.connect(e.masterAddr, server.port, { timeoutMs, rank: 0 });
+        return TCPStore.connect(e.masterAddr, server.port, { timeoutMs, rank: 0, token });
       }
-      return TCPStore.connect(e.masterAddr, e.masterPort, { timeoutMs, rank: e.rank });
+      return TCPStore.connect(e.masterAddr, e.masterPort, { timeoutMs, rank: e.rank, token });
     })();
     stores.set(key, p);
     p.catch(() => stores.delete(key));
@@ -75,17 +82,174 @@ async function openStore(e: DistEnv, timeoutMs: number): Promise<TCPStore> {
   return p;
 }
 
-function glooHostname(e: DistEnv, env: NodeJS.ProcessEnv): string {
-  if (env.TPKIT_GLOO_HOSTNAME) return env.TPKIT_GLOO_HOSTNAME;
-  if (/^(127\.|localhost$|::1$)/.test(e.masterAddr)) return '127.0.0.1';
-  return os.hostname();
+// ---------------------------------------------------------------------------------------------------------
+// The address advertised to Gloo peers
+// ---------------------------------------------------------------------------------------------------------
+
+/** The address a rank advertises to its Gloo peers, and where it came from. */
+export interface AdvertisedAddress {
+  /** IP address (or, from TPKIT_GLOO_HOSTNAME, a host name) Gloo binds and publishes. */
+  address: string;
+  /** The network interface holding the address, when known. */
+  iface: string | undefined;
+  /** What chose it. */
+  source: 'TPKIT_GLOO_HOSTNAME' | 'TPKIT_SOCKET_IFNAME' | 'GLOO_SOCKET_IFNAME' | 'store connection';
+}
+
+type Interfaces = NodeJS.Dict<os.NetworkInterfaceInfo[]>;
+
+function interfaceOf(address: string, interfaces: Interfaces): string | undefined {
+  for (const [name, infos] of Object.entries(interfaces)) if (infos?.some((i) => i.address === address)) return name;
+  return undefined;
+}
+
+/**
+ * Chooses the address this rank advertises to Gloo (torch's and NCCL's order of precedence):
+ * `TPKIT_GLOO_HOSTNAME` as given; else the first IPv4 address (else IPv6) of the interface named by
+ * `TPKIT_SOCKET_IFNAME` / `GLOO_SOCKET_IFNAME`; else the local address of this rank's own connection to the
+ * rendezvous store — the interface that routes to `MASTER_ADDR`, so it works with stock /etc/hosts files in
+ * which the host name resolves to 127.0.1.1.
+ *
+ * @param cfg - the parsed tpkit variables ({@link readTpkitEnv})
+ * @param storeLocalAddress - local address of the store connection
+ * @param interfaces - `os.networkInterfaces()` (a parameter for tests)
+ * @throws RangeError naming the variable when the interface does not exist or has no address
+ */
+export function chooseGlooAddress(cfg: TpkitEnv, storeLocalAddress: string, interfaces: Interfaces = os.networkInterfaces()): AdvertisedAddress {
+  if (cfg.glooHostname) return { address: cfg.glooHostname, iface: interfaceOf(cfg.glooHostname, interfaces), source: 'TPKIT_GLOO_HOSTNAME' };
+  if (cfg.socketIfname) {
+    const name = cfg.socketIfname;
+    const infos = interfaces[name];
+    const known = Object.keys(interfaces).join(', ');
+    if (!infos) throw new RangeError(`${cfg.socketIfnameVar} names no network interface of this host: '${name}' (interfaces: ${known})`);
+    const pick = infos.find((i) => i.family === 'IPv4') ?? infos.find((i) => i.family === 'IPv6' && !i.address.startsWith('fe80:'));
+    if (!pick) throw new RangeError(`${cfg.socketIfnameVar}: interface '${name}' has no usable IP address (interfaces: ${known})`);
+    return { address: pick.address, iface: name, source: cfg.socketIfnameVar! };
+  }
+  return { address: storeLocalAddress, iface: interfaceOf(storeLocalAddress, interfaces), source: 'store connection' };
+}
+
+/** True for 127.0.0.0/8, ::1, and names that resolve to them (`localhost`, a hostname listed as 127.0.1.1). */
+async function isLoopback(address: string): Promise<boolean> {
+  const loop = (a: string): boolean => /^127\./.test(a) || a === '::1' || a === '::ffff:127.0.0.1' || /^::ffff:127\./.test(a);
+  if (isIP(address)) return loop(address);
+  try {
+    return (await dns.lookup(address, { all: true })).every((r) => loop(r.address));
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Identifies the network stack this process sees: the kernel's boot id (one per machine boot) and the
+ * network namespace, so two containers or namespaces on one machine count as two hosts (a loopback address
+ * is reachable only inside one namespace). Falls back to the host name.
+ */
+function hostIdentity(): string {
+  let boot = os.hostname();
+  try {
+    boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    // not Linux
+  }
+  let netns = '';
+  try {
+    netns = readlinkSync('/proc/self/ns/net');
+  } catch {
+    // not Linux
+  }
+  return `${boot}/${netns}`;
+}
+
+/** One rank's record in the address check. */
+interface AddressRecord extends AdvertisedAddress {
+  rank: number;
+  hostname: string;
+  host: string;
+  loopback: boolean;
+}
+
+function describeRanks(ranks: number[]): string {
+  return ranks.length === 1 ? `rank ${ranks[0]}` : `ranks [${ranks.join(', ')}]`;
+}
+
+/**
+ * Every rank publishes the address it will advertise, its host name and host identity; rank 0 reads them all
+ * and publishes the verdict. A loopback address advertised while some rank runs on another host (or network
+ * namespace) would surface later as a refused connection deep inside Gloo; it fails here, on every rank, naming
+ * the rank, the address, the interface and the variables that choose it.
+ *
+ * @throws TpkitError `LOOPBACK_ADDRESS`; `TIMEOUT` naming the ranks that did not publish their address
+ */
+async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv: AdvertisedAddress, timeoutMs: number): Promise<void> {
+  const key = (r: number | 'verdict'): string => `${name}/addr/${r}`;
+  const mine: AddressRecord = { ...adv, rank: e.rank, hostname: os.hostname(), host: hostIdentity(), loopback: await isLoopback(adv.address) };
+  await store.set(key(e.rank), JSON.stringify(mine));
+  const missingRanks = async (): Promise<number[]> => {
+    const out: number[] = [];
+    for (let r = 0; r < e.worldSize; r++) if (!(await store.check([key(r)]))) out.push(r);
+    return out;
+  };
+  let verdict: { problem?: string; missing?: number[]; why?: string };
+  if (e.rank === 0) {
+    const all = Array.from({ length: e.worldSize }, (_, r) => key(r));
+    try {
+      await store.wait(all, { timeoutMs });
+      const recs: AddressRecord[] = [];
+      for (let r = 0; r < e.worldSize; r++) recs.push(JSON.parse((await store.get(key(r))).toString('utf8')) as AddressRecord);
+      const problems: string[] = [];
+      for (const rec of recs) {
+        if (!rec.loopback) continue;
+        const away = recs.filter((o) => o.host !== rec.host).map((o) => o.rank);
+        if (away.length === 0) continue;
+        const where = rec.iface === undefined ? '' : `, interface ${rec.iface}`;
+        const via =
+          rec.source === 'store connection'
+            ? `the local address of its connection to the store at ${e.masterAddr}:${e.masterPort}; MASTER_ADDR is a loopback address but the job spans hosts`
+            : `from ${rec.source}`;
+        problems.push(
+          `rank ${rec.rank} (host ${rec.hostname}) would advertise the loopback address ${rec.address}${where} (${via}), ` +
+            `which ${describeRanks(away)} on another host cannot reach`,
+        );
+      }
+      verdict = problems.length === 0 ? {} : { problem: problems.join('; ') };
+    } catch (err) {
+      if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
+      verdict = { missing: await missingRanks(), why: err.message };
+    }
+    await store.set(key('verdict'), JSON.stringify(verdict));
+  } else {
+    try {
+      verdict = JSON.parse((await store.get(key('verdict'), { timeoutMs })).toString('utf8')) as typeof verdict;
+    } catch (err) {
+      if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
+      verdict = { missing: await missingRanks().catch(() => []), why: err.message };
+      if (verdict.missing!.length === 0) verdict.missing = [0];
+    }
+  }
+  if (verdict.missing !== undefined) {
+    const m = verdict.missing;
+    const why = verdict.why ?? 'rank 0 saw no address from them';
+    throw new TpkitError('TIMEOUT', `initDistributed: rank ${e.rank} of ${e.worldSize} waited ${timeoutMs} ms for rank${m.length === 1 ? '' : 's'} [${m.join(', ')}] to join: ${why}`, {
+      backend: 'store',
+      details: { rank: e.rank, worldSize: e.worldSize, timeoutMs, missingRanks: verdict.missing },
+    });
+  }
+  if (verdict.problem !== undefined) {
+    throw new TpkitError(
+      'LOOPBACK_ADDRESS',
+      `initDistributed: ${verdict.problem}. Set TPKIT_SOCKET_IFNAME to the interface that reaches the other hosts, ` +
+        `or TPKIT_GLOO_HOSTNAME to this host's address on it, on that node (or unset them to use the address of the store connection, with a MASTER_ADDR the other hosts can reach)`,
+      { backend: 'gloo', details: { rank: e.rank, address: adv.address, iface: adv.iface, source: adv.source } },
+    );
+  }
 }
 
 /**
  * The rendezvous timed out: names the ranks that never published their address (Gloo's rendezvous key of rank r
  * is `r`, under the group's `rdzv/` prefix; see prefixedStore).
  */
-async function joinTimeout(err: TpkitError, store: TCPStore, name: string, e: DistEnv, timeoutMs: number): Promise<TpkitError> {
+async function joinTimeout(err: TpkitError, store: RendezvousKV, name: string, e: DistEnv, timeoutMs: number): Promise<TpkitError> {
   let missing: number[] | null = [];
   try {
     for (let r = 0; r < e.worldSize; r++) if (!(await store.check([`${name}/rdzv/${r}`]))) missing.push(r);
@@ -114,7 +278,9 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
   const o = options<InitOptions>(opts, 'options');
   const env = o.env ?? process.env;
   let backend = oneOf(o.backend, 'backend', ['gloo', 'nccl', 'auto'] as const, 'auto');
-  const timeoutMs = o.timeoutMs === undefined ? defaultTimeout(env) : positiveInteger(o.timeoutMs, 'timeoutMs');
+  const cfg = readTpkitEnv(env);
+  const timeoutMs = o.timeoutMs === undefined ? cfg.timeoutMs ?? 300_000 : positiveInteger(o.timeoutMs, 'timeoutMs');
+  if (timeoutMs > MAX_TIMEOUT_MS) throw new RangeError(`Expected integer in [1, ${MAX_TIMEOUT_MS + 1}) (ms; Node's timers fire at once beyond) for timeoutMs but received ${timeoutMs} of type number`);
   const ioPriorityCode = glooIoPriority(env, o.glooIoPriority);
   const e = readDistEnv(env);
   if (current) {
@@ -140,12 +306,16 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     if (backend === 'nccl') nccl = require('./nccl') as typeof import('./nccl');
   }
 
-  const store = await openStore(e, timeoutMs);
+  const store = await openStore(e, cfg, timeoutMs);
   const name = `tpkit/${e.runId}/init${generation++}`;
-  const check = (env.TPKIT_CHECK ?? 'on').toLowerCase() !== 'off';
-  const hostname = glooHostname(e, env);
+  const check = cfg.check;
+  const adv = chooseGlooAddress(cfg, store.localAddress);
+  const hostname = adv.address;
+  if (backend === 'gloo' && e.worldSize > 1) await checkAddresses(store, name, e, adv, timeoutMs);
+  // process_group.ts types the store as tpkit's TCPStore; it uses only set / get / check, which TorchStore has too.
+  const groupStore = store as unknown as TCPStore;
   const rt: GroupRuntime = {
-    store,
+    store: groupStore,
     globalRank: e.rank,
     worldSize: e.worldSize,
     backend: backend as 'gloo' | 'nccl',
@@ -154,7 +324,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
       const c: Communicator = nccl
         ? new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t)
         : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriorityCode);
-      await c.connect(prefixedStore(store, groupName, t));
+      await c.connect(prefixedStore(groupStore, groupName, t));
       return c;
     },
   };

@@ -4,9 +4,14 @@
  * restarting it.
  *
  * Lifecycle of one {@link launch} call, following PyTorch's elastic launcher (`torchrun`):
- * validate options → pick `MASTER_PORT` (when 0) → spawn ranks → wait → on the first non-zero exit or
- * signal, SIGTERM the siblings, SIGKILL them after `graceMs` → restart the whole group while
- * `restarts < maxRestarts` → resolve a {@link LaunchResult}.
+ * validate options → on node 0, start the job's rendezvous store in this process (a free `MASTER_PORT` when
+ * 0) → spawn ranks → wait → on the first non-zero exit or signal, SIGTERM the siblings, SIGKILL them after
+ * `graceMs` → restart the whole group while `restarts < maxRestarts`, against the same store under a new run id
+ * → close the store → resolve a {@link LaunchResult}.
+ *
+ * The store lives here rather than in rank 0 (torchrun's agent does the same), so a rank 0 that dies takes
+ * nothing else with it and the restarted ranks meet in the same store; each attempt's keys sit under its own
+ * `TPKIT_RUN_ID`, so nothing a failed attempt wrote is read by the next.
  *
  * `npx tpkit launch …` reaches {@link launchMain}, which parses the command line, forwards SIGINT/SIGTERM
  * to the ranks and returns the exit code.
@@ -17,13 +22,15 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { createServer, type AddressInfo } from 'node:net';
+import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import type { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { Command, CommanderError, Option } from 'commander';
 
 import { TpkitError } from '../errors';
+import { envStoreToken } from './env';
+import { TCPStoreServer } from './store';
 import {
   describe,
   integerInRange,
@@ -44,12 +51,15 @@ export interface LaunchOptions {
   nnodes?: number;
   /** Index of this node in `[0, nnodes)` (default 0). Becomes `GROUP_RANK`; `RANK = nodeRank * nprocPerNode + LOCAL_RANK`. */
   nodeRank?: number;
-  /** Address of the node hosting rank 0 and its rendezvous store (default `'127.0.0.1'`). Becomes `MASTER_ADDR`. */
+  /**
+   * Address of node 0, whose launcher hosts the rendezvous store (default `'127.0.0.1'`). Becomes `MASTER_ADDR`.
+   * Each rank advertises to its Gloo peers the local address of its connection to it (see initDistributed).
+   */
   masterAddr?: string;
   /**
-   * TCP port of the rendezvous store on `masterAddr`, in `[0, 65535]` (default 0). 0 picks a free port by
-   * listening on `masterAddr:0` briefly (a fresh one for every restart); that is only allowed when
-   * `nnodes` is 1, because every node must be given the same port. Becomes `MASTER_PORT`.
+   * TCP port of the rendezvous store on `masterAddr`, in `[0, 65535]` (default 0). Node 0's launcher hosts the
+   * store on it; 0 lets it pick a free port (kept for every restart), which is only allowed when `nnodes` is 1,
+   * because every node must be given the same port. Becomes `MASTER_PORT`.
    */
   masterPort?: number;
   /** Path of the JavaScript file every rank runs (relative paths resolve against the current directory). */
@@ -186,25 +196,26 @@ function resolveOptions(opts: unknown): ResolvedOptions {
   return { nproc, nnodes, nodeRank, masterAddr, masterPort, script, args, maxRestarts, graceMs, env, stdout, stderr, nodeArgs };
 }
 
-/** Picks a free TCP port by listening on `host:0` and closing again (as torchrun does; another process may still take it before rank 0 binds). */
-function pickFreePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.unref();
-    server.once('error', (err) =>
-      reject(
-        new TpkitError('LAUNCH_FAILED', `could not pick a free port on ${host}: ${err.message}`, {
-          backend: 'launcher',
-          details: { masterAddr: host },
-          cause: err,
-        }),
-      ),
-    );
-    server.listen({ host, port: 0, exclusive: true }, () => {
-      const { port } = server.address() as AddressInfo;
-      server.close(() => resolve(port));
+/** How long node 0's launcher keeps its store up after its own ranks exited, while other nodes' ranks are still connected. */
+const STORE_LINGER_MS = 10_000;
+
+/**
+ * Starts the rendezvous store of the job in this (node 0's) launcher process, on `masterAddr:masterPort`
+ * (port 0 picks a free one, kept for every restart). With several nodes and a host name for `masterAddr`,
+ * it listens on every interface (a host name may resolve to 127.0.1.1 on its own host); set
+ * `TPKIT_STORE_TOKEN` to authenticate the ranks.
+ */
+async function startStore(cfg: ResolvedOptions): Promise<TCPStoreServer> {
+  const bindHost = cfg.nnodes > 1 && isIP(cfg.masterAddr) === 0 ? '::' : cfg.masterAddr;
+  try {
+    return await TCPStoreServer.listen(bindHost, cfg.masterPort, { token: envStoreToken(cfg.env) });
+  } catch (err) {
+    throw new TpkitError('LAUNCH_FAILED', `could not start the rendezvous store on ${cfg.masterAddr}:${cfg.masterPort}: ${(err as Error).message}`, {
+      backend: 'launcher',
+      details: { masterAddr: cfg.masterAddr, masterPort: cfg.masterPort },
+      cause: err,
     });
-  });
+  }
 }
 
 /** `128 + signo`, the shell's exit status for a process killed by `signal`. */
@@ -332,6 +343,7 @@ function rankEnv(
     GROUP_WORLD_SIZE: String(cfg.nnodes),
     MASTER_ADDR: cfg.masterAddr,
     MASTER_PORT: String(port),
+    TPKIT_USE_LAUNCHER_STORE: '1',
     TPKIT_RESTART_COUNT: String(restarts),
     TPKIT_MAX_RESTARTS: String(cfg.maxRestarts),
     TPKIT_RUN_ID: runId,
@@ -476,10 +488,12 @@ async function runLaunch(cfg: ResolvedOptions, control: LaunchControl): Promise<
     for (const child of live) child.kill('SIGKILL');
   };
   process.on('exit', onExit);
+  // Node 0's launcher hosts the store (as torchrun's agent does): it outlives rank 0 and every restart.
+  const store = cfg.nodeRank === 0 ? await startStore(cfg) : undefined;
+  const port = store?.port ?? cfg.masterPort;
   try {
     let restarts = 0;
     for (;;) {
-      const port = cfg.masterPort === 0 ? await pickFreePort(cfg.masterAddr) : cfg.masterPort;
       if (control.interrupted) {
         const signal = control.interrupted;
         return { exitCode: signalExitCode(signal), restarts, summary: `${PREFIX}interrupted by ${signal} before starting ranks` };
@@ -520,6 +534,11 @@ async function runLaunch(cfg: ResolvedOptions, control: LaunchControl): Promise<
     }
   } finally {
     process.removeListener('exit', onExit);
+    if (store) {
+      // Ranks of other nodes may still be finishing (their last store ops, their goodbyes): give them a while.
+      if (cfg.nnodes > 1) await store.drained(STORE_LINGER_MS);
+      await store.close();
+    }
   }
 }
 
@@ -530,7 +549,7 @@ async function runLaunch(cfg: ResolvedOptions, control: LaunchControl): Promise<
  * Each rank gets the environment of `opts.env` (default `process.env`) plus, as torchrun sets them:
  * `RANK = nodeRank * nprocPerNode + LOCAL_RANK`, `LOCAL_RANK`, `WORLD_SIZE = nnodes * nprocPerNode`,
  * `LOCAL_WORLD_SIZE`, `GROUP_RANK = nodeRank`, `GROUP_WORLD_SIZE = nnodes`, `MASTER_ADDR`, `MASTER_PORT`;
- * and tpkit's `TPKIT_RESTART_COUNT`, `TPKIT_MAX_RESTARTS` and `TPKIT_RUN_ID` (a fresh random id for every
+ * and tpkit's `TPKIT_USE_LAUNCHER_STORE=1` (the store is node 0's launcher's, not rank 0's), `TPKIT_RESTART_COUNT`, `TPKIT_MAX_RESTARTS` and `TPKIT_RUN_ID` (a fresh random id for every
  * start of the group on one node — use it as the rendezvous store's key prefix; with `nnodes > 1` it is
  * `MASTER_ADDR:MASTER_PORT.restartCount` so that all nodes agree). Slurm's and Open MPI's rank variables
  * (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `OMPI_COMM_WORLD_*`, `PMI_RANK`, …) are removed, so the
@@ -541,8 +560,8 @@ async function runLaunch(cfg: ResolvedOptions, control: LaunchControl): Promise<
  *
  * Fail-fast (torchrun's): when a rank exits with a non-zero code or is killed by a signal, the ranks still
  * running are sent SIGTERM at once and SIGKILL after `graceMs` ms. While fewer than `maxRestarts` restarts
- * were made, the whole group is then started again (new `TPKIT_RUN_ID`, a new free port when `masterPort`
- * is 0) and a notice is written to `opts.stderr`. With `nnodes > 1` only this node's ranks are stopped
+ * were made, the whole group is then started again (new `TPKIT_RUN_ID`, same store and port) and a notice
+ * is written to `opts.stderr`. With `nnodes > 1` only this node's ranks are stopped
  * and restarted; the other nodes learn of it through their collectives' timeouts.
  *
  * No rank outlives the call: ranks are not detached and are SIGKILLed if the launcher process exits
@@ -554,7 +573,7 @@ async function runLaunch(cfg: ResolvedOptions, control: LaunchControl): Promise<
  * @throws (as a rejection, before any process is started) `TypeError` / `RangeError` of the form
  *   `Expected positive integer for nprocPerNode but received 0 of type number` for invalid options
  *   (including a `script` that is not an existing file and `masterPort` 0 with `nnodes > 1`);
- *   `TpkitError` with code `LAUNCH_FAILED` when no free port can be bound on `masterAddr`.
+ *   `TpkitError` with code `LAUNCH_FAILED` when node 0 cannot start the store on `masterAddr:masterPort`.
  *
  * @example
  * ```ts

@@ -54,6 +54,7 @@ import * as crypto from 'node:crypto';
 import * as net from 'node:net';
 
 import { TpkitError } from '../errors';
+import { envStoreToken, envTimeoutMs } from './env';
 import {
   integerInRange,
   nonEmptyString,
@@ -166,17 +167,9 @@ interface ResolvedOptions {
 /** Validates `opts` and fills defaults from the environment (read synchronously, at call time). */
 function resolveOptions(opts: unknown): ResolvedOptions & { rank?: number; authTimeoutMs: number } {
   const o = options<StoreOptions & { rank?: number; authTimeoutMs?: number }>(opts, 'opts');
-  let timeoutMs: number;
-  if (o.timeoutMs !== undefined) timeoutMs = positiveInteger(o.timeoutMs, 'timeoutMs');
-  else {
-    const raw = process.env.TPKIT_TIMEOUT_MS;
-    if (raw === undefined || raw === '') timeoutMs = DEFAULT_TIMEOUT_MS;
-    else if (/^\d+$/.test(raw.trim()) && Number(raw) >= 1) timeoutMs = Number(raw);
-    else throw rangeError('positive integer', 'TPKIT_TIMEOUT_MS', raw);
-  }
-  let token: string | undefined;
-  if (o.token !== undefined) token = nonEmptyString(o.token, 'token');
-  else token = process.env.TPKIT_STORE_TOKEN || undefined;
+  // Defaults from the environment, read when an option is absent (readTpkitEnv parses every TPKIT_* variable).
+  const timeoutMs = o.timeoutMs !== undefined ? positiveInteger(o.timeoutMs, 'timeoutMs') : envTimeoutMs(process.env) ?? DEFAULT_TIMEOUT_MS;
+  const token = o.token !== undefined ? nonEmptyString(o.token, 'token') : envStoreToken(process.env);
   const maxMessageBytes =
     o.maxMessageBytes === undefined
       ? DEFAULT_MAX_MESSAGE_BYTES
@@ -220,6 +213,11 @@ function encodeKeys(keys: unknown, name = 'keys'): Buffer[] {
 function opTimeout(opts: unknown, fallback: number): number {
   const o = options<{ timeoutMs?: number }>(opts, 'opts');
   return o.timeoutMs === undefined ? fallback : positiveInteger(o.timeoutMs, 'timeoutMs');
+}
+
+/** `::ffff:10.0.0.1` → `10.0.0.1`; anything else unchanged. */
+export function normalizeAddress(address: string): string {
+  return address.startsWith('::ffff:') && net.isIPv4(address.slice(7)) ? address.slice(7) : address;
 }
 
 function hostPort(host: string, port: number): string {
@@ -534,10 +532,11 @@ export class TCPStoreServer {
   }
 
   /**
-   * Lets the hosting process exit once the server is only serving itself: the listening socket and the
-   * connection of the host's own client (the one that says HELLO with `ownRank`) no longer keep Node's event
-   * loop alive, while connections of other ranks still do — so rank 0 stays up, serving the store, until every
-   * other rank has disconnected (exited or closed its client), and no `close()` is required at the end.
+   * Lets the hosting process exit once the server is only serving itself: the listening socket, the
+   * connection of the host's own client (the one that says HELLO with `ownRank`) and every connection that has
+   * not said HELLO as a rank (a foreign or half-open one) no longer keep Node's event loop alive, while
+   * connections of other ranks still do — so rank 0 stays up, serving the store, until every other rank has
+   * disconnected (exited or closed its client), and no `close()` is required at the end.
    *
    * @param ownRank - the rank of the hosting process (0 under `initDistributed`)
    * @returns this server
@@ -545,13 +544,38 @@ export class TCPStoreServer {
   unref(ownRank: number): this {
     this.#unrefRank = ownRank;
     this.#server.unref();
-    for (const socket of this.#sockets) if (this.#socketRank.get(socket) === ownRank) socket.unref();
+    for (const socket of this.#sockets) {
+      const rank = this.#socketRank.get(socket);
+      if (rank === undefined || rank === ownRank) socket.unref();
+    }
     return this;
   }
 
   #unrefRank: number | null = null;
   readonly #socketRank = new WeakMap<net.Socket, number>();
   readonly #sockets = new Set<net.Socket>();
+
+  /**
+   * Resolves once no client is connected, or after `timeoutMs` (node 0's launcher waits this way for the
+   * ranks of other nodes to finish before it closes the store).
+   */
+  drained(timeoutMs: number): Promise<void> {
+    if (this.#conns.size === 0) return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(done, timeoutMs);
+      timer.unref();
+      const check = (): void => {
+        if (this.#conns.size === 0) done();
+      };
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.#onDrain.add(check);
+    });
+  }
+
+  readonly #onDrain = new Set<() => void>();
 
   /**
    * Stops listening and drops every connection (clients see their pending ops fail with
@@ -583,6 +607,9 @@ export class TCPStoreServer {
     }
     socket.setNoDelay(true);
     socket.setKeepAlive(true, 10_000);
+    // A connection that has not said HELLO as a rank (a port scanner, a stuck half-frame) never holds an
+    // unref'd server's process open.
+    if (this.#unrefRank !== null) socket.unref();
     const token = this.#opts.token;
     const conn: ServerConnection = {
       socket,
@@ -638,11 +665,18 @@ export class TCPStoreServer {
     clearTimeout(conn.authTimer);
     this.#conns.delete(conn);
     for (const w of [...conn.waiters.values()]) this.#removeWaiter(w);
-    if (conn.rank !== undefined && !conn.goodbye && !this.#closing) {
+    // Only the latest connection of a rank speaks for it: a restarted rank's new connection is not declared
+    // dead when its predecessor's close is seen late.
+    if (conn.rank !== undefined && !conn.goodbye && !this.#closing && this.#rankConn.get(conn.rank) === conn) {
       const reason = `rank ${conn.rank} lost: ${conn.reason ?? 'connection closed without goodbye'}`;
       this.#setValue(`${DEAD_RANK_PREFIX}${conn.rank}`, Buffer.from(reason, 'utf8'));
     }
+    if (conn.rank !== undefined && this.#rankConn.get(conn.rank) === conn) this.#rankConn.delete(conn.rank);
+    if (this.#conns.size === 0) for (const f of [...this.#onDrain]) f();
   }
+
+  /** The latest connection that said HELLO for each rank. */
+  readonly #rankConn = new Map<number, ServerConnection>();
 
   #ok(conn: ServerConnection, reqId: number, payload?: Uint8Array): void {
     if (conn.socket.destroyed || conn.state === 'closing') return;
@@ -688,7 +722,14 @@ export class TCPStoreServer {
         if (rank > 0x7fffffff) throw new ProtocolError(`rank ${rank} out of range`);
         conn.rank = rank;
         this.#socketRank.set(conn.socket, rank);
-        if (this.#unrefRank === rank) conn.socket.unref();
+        // A rank that connects again (a restart against the same store) is alive: forget its death.
+        this.#rankConn.set(rank, conn);
+        if (this.#data.has(`${DEAD_RANK_PREFIX}${rank}`)) this.#data.delete(`${DEAD_RANK_PREFIX}${rank}`);
+        // After unref(): a connection holds the process open only once it has said HELLO as another rank.
+        if (this.#unrefRank !== null) {
+          if (this.#unrefRank === rank) conn.socket.unref();
+          else conn.socket.ref();
+        }
         this.#ok(conn, reqId);
         return;
       }
@@ -871,6 +912,14 @@ export class TCPStore {
       this.#lastSocketError = err;
     });
     this.#socket.on('close', () => this.#onClose());
+  }
+
+  /**
+   * The local address of this client's connection to the server (IPv4-mapped IPv6 addresses given as IPv4):
+   * the address of the interface that routes to the server, which tpkit advertises to Gloo peers by default.
+   */
+  get localAddress(): string {
+    return normalizeAddress(this.#socket.localAddress ?? '');
   }
 
   /**
