@@ -5,7 +5,7 @@
 import test from 'ava';
 
 import { arange } from './helpers/reference';
-import { assertRanksOk, runRanks, type ErrorInfo } from './helpers/run_ranks';
+import { assertRanksOk, runRanks, type ErrorInfo, type RanksOutcome } from './helpers/run_ranks';
 
 delete process.env.TPKIT_TIMEOUT_MS;
 delete process.env.TPKIT_CHECK;
@@ -30,4 +30,45 @@ test.serial('world 2, TPKIT_CHECK=off: collectives of different sizes reject on 
     }
     t.is(res!.broken, null);
   });
+});
+
+for (const order of ['recvFirst', 'sendFirst', 'mixed']) {
+  test.serial(`world 2: 8 posted receives and 8 sends per rank (${order}) all complete, none held by the libuv pool`, async (t) => {
+    const out = await runRanks<{ ms: number; failures: unknown[]; received: number[][]; sum: number[] }>(2, FIXTURE, 'p2pMany', {
+      timeoutMs: 30_000, args: [order],
+    });
+    assertRanksOk(t, out);
+    out.results.forEach((res, rank) => {
+      t.deepEqual(res!.failures, []);
+      const peer = 1 - rank;
+      t.deepEqual(res!.received, arange(8).map((i) => arange(3).map((k) => 100 * peer + 10 * i + k)));
+      t.true(res!.ms < 5000, `rank ${rank} took ${res!.ms} ms`);
+      t.deepEqual(res!.sum, SUM2);
+    });
+  });
+}
+
+test.serial('world 2: a 4×4 matmul stays fast while 4 receives wait for their peer', async (t) => {
+  const out = await runRanks<{ matmulMs: number; first: number; received: number[][] }>(2, FIXTURE, 'p2pMatmul', { timeoutMs: 30_000 });
+  assertRanksOk(t, out);
+  const r1 = out.results[1]!;
+  t.is(r1.first, 56);
+  t.deepEqual(r1.received, [[0, 1], [1, 2], [2, 3], [3, 4]]);
+  t.true(r1.matmulMs < 500, `the matmul took ${r1.matmulMs} ms`);
+});
+
+/** Asserts every rank exited within `boundMs` of its scenario's end. */
+function exitedPromptly(t: import('ava').ExecutionContext, out: RanksOutcome<unknown>, boundMs = 2000): void {
+  out.ranks.forEach((r, rank) => {
+    t.truthy(r.exit, `rank ${rank} reported no exit`);
+    if (r.exit && r.doneAt !== undefined) t.true(r.exit.at - r.doneAt <= boundMs, `rank ${rank} took ${r.exit.at - r.doneAt} ms to exit`);
+  });
+}
+
+test.serial('world 2: destroy() with a recv pending rejects it with GROUP_DESTROYED and the process exits promptly', async (t) => {
+  const out = await runRanks<{ recv?: ErrorInfo }>(2, FIXTURE, 'destroyRecv', { timeoutMs: 20_000 });
+  assertRanksOk(t, out);
+  t.is(out.results[1]!.recv!.code, 'GROUP_DESTROYED');
+  exitedPromptly(t, out);
+  t.true(out.elapsedMs < 10_000, `the launch took ${out.elapsedMs} ms`);
 });

@@ -20,6 +20,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -168,9 +169,12 @@ std::shared_ptr<gloo::transport::Device> CreateTcpDevice(const gloo::transport::
 
 }  // namespace
 
+struct GlooState;
+
 struct Job {
-  std::function<void()> run;  // runs on the communicator thread
+  std::function<void()> run;  // runs on the communicator thread, or on a point-to-point thread of its own
   Napi::Promise::Deferred deferred;
+  GlooState* state = nullptr;  // whose pending count the settlement decrements (alive until the tsfn finalizes)
   std::vector<Napi::ObjectReference> refs;
   std::string code;
   std::string message;
@@ -204,6 +208,7 @@ struct GlooState {
   CompletionTsfn tsfn;
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
   int64_t pending = 0;    // main thread only
+  std::set<gloo::transport::UnboundBuffer*> p2pBuffers;  // guarded by mu: buffers point-to-point threads wait on
   std::vector<int64_t> exchangeIn, exchangeOut;  // Agree's blocks (communicator thread only)
   size_t inlineFloats = 0;                       // room for data in Agree's block (InlineFloatsFor(size))
 
@@ -229,32 +234,7 @@ struct GlooState {
         }
         running = job->code.empty();
       }
-      if (job->code.empty()) {
-        try {
-          job->run();
-        } catch (const CodedError& e) {
-          job->code = e.code;
-          job->message = e.message;
-        } catch (const gloo::IoException& e) {
-          CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
-          job->code = c.code;
-          job->message = c.message;
-          broken = true;  // after an IoException the Gloo context is unusable
-        } catch (const gloo::EnforceNotMet& e) {
-          job->code = "GLOO_ENFORCE";
-          job->message = e.what();
-          broken = true;
-        } catch (const gloo::Exception& e) {
-          job->code = "GLOO_ERROR";
-          job->message = e.what();
-          broken = true;
-        } catch (const std::exception& e) {
-          CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
-          job->code = c.code == "GLOO_IO" ? "GLOO_ERROR" : c.code;
-          job->message = c.message;
-          broken = true;
-        }
-      }
+      if (job->code.empty()) Execute(job);
       {
         std::lock_guard<std::mutex> lock(mu);
         running = false;
@@ -268,6 +248,39 @@ struct GlooState {
     if (abortRequested) CloseConnections();
     std::lock_guard<std::mutex> lock(mu);
     if (tsfnAlive) tsfn.Release();
+  }
+
+  // Runs a job and records its failure: every exception a job can raise (Gloo's EnforceNotMet does not derive
+  // from gloo::Exception) becomes a code; nothing escapes the thread (an escaping exception aborts the process).
+  void Execute(Job* job) {
+    try {
+      job->run();
+    } catch (const CodedError& e) {
+      job->code = e.code;
+      job->message = e.message;
+    } catch (const gloo::IoException& e) {
+      CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
+      job->code = c.code;
+      job->message = c.message;
+      broken = true;  // after an IoException the Gloo context is unusable
+    } catch (const gloo::EnforceNotMet& e) {
+      job->code = "GLOO_ENFORCE";
+      job->message = e.what();
+      broken = true;
+    } catch (const gloo::Exception& e) {
+      job->code = "GLOO_ERROR";
+      job->message = e.what();
+      broken = true;
+    } catch (const std::exception& e) {
+      CodedError c = Classify(e.what(), "rank " + std::to_string(rank));
+      job->code = c.code == "GLOO_IO" ? "GLOO_ERROR" : c.code;
+      job->message = c.message;
+      broken = true;
+    } catch (...) {
+      job->code = "NATIVE_ERROR";
+      job->message = "unknown native error on rank " + std::to_string(rank);
+      broken = true;
+    }
   }
 
   // Hard-closes every pair once: peers blocked on this rank fail at once (their pairs see the connection close)
@@ -393,17 +406,6 @@ struct GlooState {
   }
 };
 
-void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
-  if (env != nullptr) {
-    if (job->code.empty()) {
-      job->deferred.Resolve(env.Undefined());
-    } else {
-      job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
-    }
-  }
-  delete job;
-}
-
 namespace {
 
 // Ticks the pending count and refs the completion function so the process stays alive while ops are queued.
@@ -418,6 +420,24 @@ struct PendingGuard {
 };
 
 }  // namespace
+
+// Settles a job's Promise on the main thread and drops the pending count it held (no JavaScript callback).
+void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
+  if (env != nullptr) {
+    // While the environment is shutting down (a settlement that arrives as the process exits) no JavaScript can
+    // run: node-addon-api then throws, and an exception escaping this callback would abort the process.
+    try {
+      if (job->code.empty()) {
+        job->deferred.Resolve(env.Undefined());
+      } else {
+        job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
+      }
+    } catch (const Napi::Error&) {
+    }
+    if (job->state != nullptr) PendingGuard::Leave(*job->state, env);
+  }
+  delete job;
+}
 
 Napi::Function GlooComm::Init(Napi::Env env) {
   return DefineClass(env, "GlooComm",
@@ -490,17 +510,67 @@ Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<GlooState>& s, std::fun
       return p;
     }
     PendingGuard::Enter(*s, env);
+    job->state = s.get();
     s->queue.push_back(job);
   }
   s->cv.notify_one();
-  // Drop the pending count (and with it the event-loop ref) when the promise settles.
-  std::weak_ptr<GlooState> weak = s;
-  Napi::Function leave = Napi::Function::New(env, [weak](const Napi::CallbackInfo& info) {
-    if (auto st = weak.lock()) PendingGuard::Leave(*st, info.Env());
-  });
-  p.Get("then").As<Napi::Function>().Call(p, {leave, leave});
   return p;
 }
+
+// Runs `run` on a thread of its own — neither the libuv pool nor the collectives' thread — and settles its Promise
+// through the completion function. For point-to-point ops, which wait for their peer for as long as it takes: on
+// the pool, 4 waiting receives (libuv's default pool size) held every thread, so 8 posted receives on two ranks
+// deadlocked until the timeout and a matmul in the same process waited too; on the ordered collectives' thread a
+// send-first exchange on two ranks would deadlock. A thread per op costs tens of µs, small next to a peer's wait.
+Napi::Value Spawn(Napi::Env env, const std::shared_ptr<GlooState>& s, std::function<void()> run,
+                  std::initializer_list<Napi::Value> keep) {
+  auto* job = new Job(env);
+  job->run = std::move(run);
+  for (const auto& v : keep) {
+    if (v.IsObject()) job->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise p = job->deferred.Promise();
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    // The thread holds the completion function (Acquire) until it has settled, so the loop's Release cannot
+    // finalize it under the thread.
+    if (s->stopping || !s->tsfnAlive || s->tsfn.Acquire() != napi_ok) {
+      job->deferred.Reject(MakeTpkitError(env, "GROUP_DESTROYED", "the process group was destroyed", "gloo").Value());
+      delete job;
+      return p;
+    }
+    PendingGuard::Enter(*s, env);
+    job->state = s.get();
+  }
+  std::thread([s, job]() {
+    s->Execute(job);
+    s->Complete(job);
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->tsfnAlive) s->tsfn.Release();
+  }).detach();
+  return p;
+}
+
+// Registers a buffer a point-to-point thread is about to wait on, so that close() can abort the wait; false (and
+// nothing registered) once the group is stopping.
+class P2PWait {
+ public:
+  P2PWait(GlooState& s, gloo::transport::UnboundBuffer* b) : s_(s), b_(b) {
+    std::lock_guard<std::mutex> lock(s_.mu);
+    if (s_.stopping) throw CodedError{"GROUP_DESTROYED", "the process group was destroyed"};
+    s_.p2pBuffers.insert(b_);
+  }
+  ~P2PWait() {
+    std::lock_guard<std::mutex> lock(s_.mu);
+    s_.p2pBuffers.erase(b_);
+  }
+  P2PWait(const P2PWait&) = delete;
+  P2PWait& operator=(const P2PWait&) = delete;
+
+ private:
+  GlooState& s_;
+  gloo::transport::UnboundBuffer* b_;
+};
 
 ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const GlooState& s) {
   if (i < info.Length() && info[i].IsNumber()) return ms(IntArg(info, i, "timeoutMs", 1, int64_t{1} << 40));
@@ -899,9 +969,19 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
   const int64_t p2pSeq = IntArg(info, 3, "p2pSeq", 0, int64_t{1} << 31);
   const ms t = OpTimeout(info, 4, *s);
   const int me = s->rank;
-  return LambdaWorker::Run(
-      info.Env(),
+  const char* opName = isSend ? "send" : "recv";
+  return Spawn(
+      info.Env(), s,
       [=]() {
+        const std::string aborted = std::string(opName) + " on rank " + std::to_string(me) + " was aborted by destroy()";
+        auto waitSend = [&](gloo::transport::UnboundBuffer* b) {
+          P2PWait reg(*s, b);
+          if (!b->waitSend(t)) throw CodedError{"GROUP_DESTROYED", aborted};
+        };
+        auto waitRecv = [&](gloo::transport::UnboundBuffer* b) {
+          P2PWait reg(*s, b);
+          if (!b->waitRecv(t)) throw CodedError{"GROUP_DESTROYED", aborted};
+        };
         try {
           if (s->stopping) throw CodedError{"GROUP_DESTROYED", "the process group was destroyed"};
           s->RequireConnected();
@@ -915,15 +995,16 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
           const uint64_t dslot = P2PSlot(src, dst, p2pSeq, s->size, 1);
           if (isSend) {
             hbuf->send(static_cast<int>(peer), hslot);
-            if (!hbuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "send aborted"};
-            if (count > 0) {
-              auto dbuf = s->ctx->createUnboundBuffer(buf, sizeof(float) * static_cast<size_t>(count));
+            std::unique_ptr<gloo::transport::UnboundBuffer> dbuf;
+            if (count > 0) {  // posted at once: the receiver takes it once it has checked the header
+              dbuf = s->ctx->createUnboundBuffer(buf, sizeof(float) * static_cast<size_t>(count));
               dbuf->send(static_cast<int>(peer), dslot);
-              if (!dbuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "send aborted"};
             }
+            waitSend(hbuf.get());
+            if (dbuf) waitSend(dbuf.get());
           } else {
             hbuf->recv(static_cast<int>(peer), hslot);
-            if (!hbuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "recv aborted"};
+            waitRecv(hbuf.get());
             const int64_t theirs = header;
             if (theirs < 0 || theirs > kMaxCount) throw CodedError{"GLOO_PROTOCOL", "invalid send header"};
             if (theirs != count) {
@@ -931,7 +1012,7 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
                 std::vector<float> sink(static_cast<size_t>(theirs));
                 auto dbuf = s->ctx->createUnboundBuffer(sink.data(), sizeof(float) * sink.size());
                 dbuf->recv(static_cast<int>(peer), dslot);
-                dbuf->waitRecv(t);
+                waitRecv(dbuf.get());
               }
               throw CodedError{"COLLECTIVE_MISMATCH", "recv on rank " + std::to_string(me) + " expected " +
                                                           std::to_string(count) + " elements from rank " +
@@ -941,21 +1022,15 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
             if (count > 0) {
               auto dbuf = s->ctx->createUnboundBuffer(buf, sizeof(float) * static_cast<size_t>(count));
               dbuf->recv(static_cast<int>(peer), dslot);
-              if (!dbuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "recv aborted"};
+              waitRecv(dbuf.get());
             }
           }
         } catch (const gloo::IoException& e) {
           s->broken = true;
-          throw Classify(e.what(), std::string(isSend ? "send" : "recv") + " on rank " + std::to_string(me));
-        } catch (const gloo::EnforceNotMet& e) {
-          s->broken = true;
-          throw CodedError{"GLOO_ENFORCE", e.what()};
-        } catch (const gloo::Exception& e) {
-          s->broken = true;
-          throw CodedError{"GLOO_ERROR", e.what()};
+          throw Classify(e.what(), std::string(opName) + " on rank " + std::to_string(me));
         }
       },
-      {info[0]}, "gloo");
+      {info[0]});
 }
 }  // namespace
 
@@ -963,8 +1038,9 @@ Napi::Value RunP2P(const Napi::CallbackInfo& info, const std::shared_ptr<GlooSta
 Napi::Value GlooComm::Send(const Napi::CallbackInfo& info) { return RunP2P(info, state_, true); }
 Napi::Value GlooComm::Recv(const Napi::CallbackInfo& info) { return RunP2P(info, state_, false); }
 
-// close(): queued operations reject with GROUP_DESTROYED. An operation still running keeps its thread until it
-// ends, but no longer holds the event loop open: the process may exit without waiting for its timeout.
+// close(): queued operations reject with GROUP_DESTROYED, and so do point-to-point ops waiting for a peer. A
+// collective still running keeps its thread until it ends, but no longer holds the event loop open: the process
+// may exit without waiting for its timeout.
 Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
   GlooState& s = *state_;
   {
@@ -972,6 +1048,11 @@ Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
     // Unref before `stopping` is set: until then the thread cannot release the function (see PendingGuard).
     if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
     s.stopping = true;
+    // Point-to-point waits end at once (their threads then reject with GROUP_DESTROYED and end).
+    for (auto* b : s.p2pBuffers) {
+      b->abortWaitRecv();
+      b->abortWaitSend();
+    }
   }
   s.cv.notify_all();
   return info.Env().Undefined();

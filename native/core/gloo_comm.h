@@ -2,9 +2,10 @@
 //
 // Collectives run in issue order on ONE dedicated thread per communicator (Gloo requires every rank to start
 // collectives in the same order); each settles a Promise on the main thread through a thread-safe function.
-// Point-to-point send/recv run on the libuv pool on their own slots, so a send and a recv issued together
-// cannot deadlock behind each other. Before data moves, the ranks can exchange a small descriptor
-// (sequence number, op, dtype, element count, root, reduction, dim) and reject a mismatch on every rank.
+// Point-to-point send/recv run each on a thread of its own (never the libuv pool: a wait on a peer holds no
+// thread JavaScript needs) on their own slots, so sends and receives issued in any order cannot deadlock behind
+// each other, and close() aborts their waits. Before data moves, the ranks can exchange a small descriptor
+// (sequence number, op, dtype, element count, root, reduction, dim, shape) and reject a mismatch on every rank.
 #pragma once
 #include <napi.h>
 
