@@ -4,6 +4,7 @@
  *   tpkit bench collectives --op all_reduce -b 8 -e 64M -f 2 -n 20 -w 5 [--nproc 2] [--json F] [--plot F.svg] [--peers all]
  *   tpkit bench gemm [--max-size 4096] [--models 8b,70b] [--tokens 1,16,512,4096] [--peers all]
  *   tpkit bench layers [--tp 1,2,4] [--model 8b] [--tokens 1,16,512]
+ *   tpkit bench moe [--ep 1,2,4] [--experts 8] [--top-k 2] [--hidden 512] [--intermediate 1024] [--tokens 64] [--skew 0]
  *   tpkit bench model [--model-dir DIR] [--tp 1,2,4] [--pp 1,2] [--prompt-tokens 16] [--new-tokens 8] [--runs 3]
  *   tpkit bench plot a.json b.json --out x.svg
  *   tpkit bench schema collectives|gemm|layers|model
@@ -20,6 +21,8 @@ import { BENCH_REDOPS, type BenchRedop } from './data';
 import { gemmCommand, MODEL_NAMES, type GemmOptions } from './gemm';
 import { layersCommand, type LayersOptions } from './layers';
 import { defaultModelDir, modelCommand, type ModelBenchOptions } from './model_bench';
+import { moeCommand, type MoEBenchOptions } from './moe_bench';
+import { MOE_SCHEMA } from './schema';
 import { intListParser, intParser, listOf, sizeParser } from './options';
 import { renderCollectivesPlot, type PlotMetric } from './plot';
 import { writeFile } from './report';
@@ -207,6 +210,39 @@ export async function benchMain(argv: string[]): Promise<number> {
     });
 
   program
+    .command('moe')
+    .description('the FusedMoE layer per expert-parallel size: dispatch / combine time, load balance, all-to-all busbw')
+    .addOption(new Option('--ep <list>', 'expert-parallel sizes (each divides --experts)').argParser(intListParser).default([1, 2, 4], '1,2,4'))
+    .addOption(new Option('--experts <n>', 'experts per layer').argParser(intParser(1)).default(8))
+    .addOption(new Option('--top-k <k>', 'experts per token').argParser(intParser(1)).default(2))
+    .addOption(new Option('--hidden <n>', 'hidden size').argParser(intParser(1)).default(512))
+    .addOption(new Option('--intermediate <n>', 'intermediate size of each expert').argParser(intParser(1)).default(1024))
+    .addOption(new Option('--tokens <n>', 'tokens per rank at the largest EP size (the same global batch for every size)').argParser(intParser(1)).default(64))
+    .addOption(new Option('--iters <n>', 'timed forwards').argParser(intParser(1)).default(10))
+    .addOption(new Option('--warmup <n>', 'untimed forwards first').argParser(intParser(0)).default(2))
+    .addOption(new Option('--skew <s>', 'router logit added to expert 0 (0: random routing)').argParser(Number).default(0))
+    .addOption(new Option('--ep-size <n>', 'the EP size of this launch (set by the self-launch)').argParser(intParser(1)).hideHelp())
+    .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema moe)'))
+    .addOption(new Option('--timeout-ms <ms>', 'timeout of the rendezvous and of every collective').argParser(intParser(1)))
+    .action(async (flags: Record<string, unknown>) => {
+      const o: MoEBenchOptions = {
+        ep: flags.ep as number[],
+        experts: flags.experts as number,
+        topK: flags.topK as number,
+        hidden: flags.hidden as number,
+        intermediate: flags.intermediate as number,
+        tokens: flags.tokens as number,
+        iters: flags.iters as number,
+        warmup: flags.warmup as number,
+        skew: flags.skew as number,
+        ...(flags.epSize ? { epSize: flags.epSize as number } : {}),
+        ...(flags.json ? { json: flags.json as string } : {}),
+        ...(flags.timeoutMs ? { timeoutMs: flags.timeoutMs as number } : {}),
+      };
+      code = await moeCommand(o, argv);
+    });
+
+  program
     .command('plot')
     .description('merge collectives JSON results into one SVG chart (one line per world size / backend / peer)')
     .argument('<files...>', 'results of tpkit bench collectives --json')
@@ -231,9 +267,9 @@ export async function benchMain(argv: string[]): Promise<number> {
   program
     .command('schema')
     .description('print the JSON Schema of a result kind')
-    .addArgument(new Argument('<kind>', 'result kind').choices(Object.keys(SCHEMAS)))
-    .action((kind: keyof typeof SCHEMAS) => {
-      process.stdout.write(`${JSON.stringify(SCHEMAS[kind], null, 2)}\n`);
+    .addArgument(new Argument('<kind>', 'result kind').choices([...Object.keys(SCHEMAS), 'moe']))
+    .action((kind: keyof typeof SCHEMAS | 'moe') => {
+      process.stdout.write(`${JSON.stringify(kind === 'moe' ? MOE_SCHEMA : SCHEMAS[kind], null, 2)}\n`);
     });
 
   try {

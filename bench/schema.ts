@@ -453,3 +453,65 @@ export function validate(schema: JsonSchema, value: unknown, where = '$'): strin
   if (Array.isArray(value) && schema.items) value.forEach((v, i) => errors.push(...validate(schema.items!, v, `${where}[${i}]`)));
   return errors;
 }
+
+// ---- tpkit bench moe -----------------------------------------------------------------------------------
+
+/** One EP size of `tpkit bench moe` (times: median over iterations of the slowest rank, ms). */
+export interface MoEBenchRow {
+  /** Expert-parallel size = ranks of the launch. */
+  ep: number;
+  /** Tokens per rank per forward. */
+  tokensPerRank: number;
+  /** Experts per rank (E / ep). */
+  expertsPerRank: number;
+  /** Router + permutation (host), dispatch (counts + rows all-to-all), experts, combine (all-to-all back). */
+  routerMs: number;
+  dispatchMs: number;
+  expertMs: number;
+  combineMs: number;
+  /** The whole forward, ms. */
+  forwardMs: number;
+  /** Tokens routed to each expert (all ranks, one forward) and max / mean of them. */
+  tokensPerExpert: number[];
+  loadImbalance: number;
+  /** Bytes one rank's dispatch all-to-all sends (rows × hidden × 4, its own share included). */
+  dispatchBytes: number;
+  /** nccl-tests all-to-all: algbw = bytes / time, busbw = algbw × (n − 1) / n (GB/s), from dispatchMs. */
+  algbwGBs: number;
+  busbwGBs: number;
+  /** Max |Δ| of the output against EP 1's on the same tokens (0 when bit-identical). */
+  maxAbsDiffVsEp1: number;
+}
+
+/** `tpkit bench moe --json`. */
+export interface MoEBenchResult {
+  schema: 'tpkit.bench.moe/1';
+  meta: MachineMeta & { device: string; backend: string; experts: number; topK: number; hidden: number; intermediate: number; iters: number; warmup: number; skew: number };
+  rows: MoEBenchRow[];
+}
+
+export const MOE_SCHEMA: JsonSchema = {
+  $schema: 'https://json-schema.org/draft/2020-12/schema',
+  $id: 'tpkit.bench.moe/1',
+  title: 'tpkit bench moe result',
+  ...obj({
+    schema: { const: 'tpkit.bench.moe/1' },
+    meta: obj({ ...machineMeta, device: str, backend: str, experts: count, topK: count, hidden: count, intermediate: count, iters: count, warmup: count, skew: nonNeg }),
+    rows: arrayOf(obj({
+      ep: { type: 'integer', minimum: 1 },
+      tokensPerRank: count,
+      expertsPerRank: count,
+      routerMs: nonNeg,
+      dispatchMs: { type: 'number', minimum: 0, description: 'counts + rows all-to-all, ms (median, slowest rank)' },
+      expertMs: nonNeg,
+      combineMs: { type: 'number', minimum: 0, description: 'all-to-all back, ms (median, slowest rank)' },
+      forwardMs: nonNeg,
+      tokensPerExpert: arrayOf(count),
+      loadImbalance: { type: 'number', minimum: 0, description: 'max / mean tokens per expert' },
+      dispatchBytes: count,
+      algbwGBs: nonNeg,
+      busbwGBs: nonNeg,
+      maxAbsDiffVsEp1: nonNeg,
+    })),
+  }),
+};
