@@ -703,7 +703,7 @@ test('initDistributed uses TPKIT_STORE_TOKEN from its env option', async (t) => 
     RANK: '1', WORLD_SIZE: '2', MASTER_ADDR: HOST, MASTER_PORT: String(server.port),
     TPKIT_USE_LAUNCHER_STORE: '1', TPKIT_STORE_TOKEN: 'from-init-env', TPKIT_RUN_ID: 'token-test',
   };
-  const e = await t.throwsAsync(initDistributed({ env, backend: 'gloo', timeoutMs: 800 }), { instanceOf: TpkitError });
+  const e = await t.throwsAsync(initDistributed({ env, backend: 'gloo', timeoutMs: 2_000 }), { instanceOf: TpkitError });
   t.is(e?.code, 'TIMEOUT', e?.message);
-  t.regex(e!.message, /waited 800 ms for rank \[0\] to join/);
+  t.regex(e!.message, /waited 2000 ms for rank \[0\] to join/);
 });
