@@ -17,6 +17,7 @@ import { writeTinyMixtral } from './helpers/tiny_mixtral';
 import { MixtralForCausalLM } from '../lib/models/mixtral';
 import { parseLlamaConfig, parseMixtralConfig } from '../lib/models/config';
 import { TpkitError } from '../lib/errors';
+import { moeAllToAllBytes, shardElements } from '../lib/plan/estimate';
 import { type AllToAllVResult, type MixtralLayoutResult, type MoECase, type MoEResult, cell, splitRows } from './fixtures/dist_moe';
 
 const WORLD_SIZES = [1, 2, 4];
@@ -368,6 +369,10 @@ test('MixtralForCausalLM in one process matches the reference; a Llama directory
   const scale = Math.max(...Array.from(ref, Math.abs));
   t.true(Math.max(...Array.from(logits!, (v, i) => Math.abs(v - ref[i]!))) <= 1e-4 * scale);
   t.is(model.mixtralConfig.numExpertsPerTok, 1);
+  // tpkit plan counts what the model holds (router + every expert at EP 1)
+  t.is(shardElements(model.config, 1, 1, 0).total * 4, model.parameterBytes);
+  t.is(moeAllToAllBytes({ tokens: 10, hidden: 32, topK: 2, ep: 4, bytesPerElement: 2, layers: 3 }), 2 * 10 * 2 * 32 * 2 * 0.75 * 3);
+  t.is(moeAllToAllBytes({ tokens: 10, hidden: 32, topK: 2, ep: 1, bytesPerElement: 2, layers: 3 }), 0);
   model.dispose();
   t.throws(() => model.createCache(2), { message: 'MixtralForCausalLM was used after dispose()' });
   const cfg = JSON.parse(await fsp.readFile(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;

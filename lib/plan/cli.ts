@@ -20,7 +20,7 @@ import { parseArgs } from 'node:util';
 import { parseLlamaConfig, type LlamaConfig } from '../models/config';
 import { GPUS, LINKS, linkFromBench, type GpuSpec, type LinkSpec } from './hardware';
 import { DTYPE_BYTES, planLayouts, type LayoutPlan, type PlanDType, type PlanResult } from './estimate';
-import { BUILTIN_MODELS, builtinModelConfig } from './models';
+import { BUILTIN_MODELS, builtinModelConfig, parseDecoderConfig } from './models';
 import { simulateFillDrain, simulatedTimeline, timelineSvg } from './schedule';
 
 /** A flag error: printed as one line, exit code 2. */
@@ -120,7 +120,7 @@ function parseFlags(argv: string[]): PlanFlags | 'help' {
       throw new UsageError(`--model-dir: cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
     }
     try {
-      config = parseLlamaConfig(JSON.parse(text));
+      config = parseDecoderConfig(JSON.parse(text));
     } catch (e) {
       throw new UsageError(`--model-dir: ${file}: ${(e as Error).message}`);
     }

@@ -23,7 +23,7 @@
  * @module
  */
 import { ringAllReduceTime } from '../../bench/model';
-import type { LlamaConfig } from '../models/config';
+import type { LlamaConfig, MixtralConfig } from '../models/config';
 import { partitionLayers } from '../models/llama';
 import type { GpuSpec, LinkSpec } from './hardware';
 
@@ -105,10 +105,28 @@ export function layoutRejection(config: LlamaConfig, tp: number, pp: number): st
   if (tp >= kv && tp % kv !== 0) return `tensor parallel size ${tp} is not divisible by totalNumKvHeads ${kv}`;
   if (tp < kv && kv % tp !== 0) return `totalNumKvHeads ${kv} is not divisible by tensor parallel size ${tp}`;
   if (c.intermediateSize % tp !== 0) return `intermediate_size ${c.intermediateSize} is not divisible by tensor parallel size ${tp}`;
+  const moe = moeOf(c);
+  if (moe && moe.numExperts % tp !== 0) return `num_local_experts ${moe.numExperts} is not divisible by expert parallel size ${tp} (EP over the TP ranks)`;
   const vp = Math.ceil(c.vocabSize / VOCAB_PAD) * VOCAB_PAD;
   if (vp % tp !== 0) return `padded vocabulary size ${vp} is not divisible by tensor parallel size ${tp}`;
   if (c.numHiddenLayers < pp) return `num_hidden_layers ${c.numHiddenLayers} is smaller than the pipeline parallel size ${pp}`;
   return null;
+}
+
+/** The MoE fields of a Mixtral config (null for a dense model). */
+export function moeOf(config: LlamaConfig): { numExperts: number; topK: number } | null {
+  const m = config as Partial<MixtralConfig>;
+  return typeof m.numLocalExperts === 'number' && typeof m.numExpertsPerTok === 'number' ? { numExperts: m.numLocalExperts, topK: m.numExpertsPerTok } : null;
+}
+
+/**
+ * Bytes one rank sends in the all-to-alls of MoE layers (dispatch + combine, lib/layers/moe.ts) for `tokens`
+ * tokens per rank: 2 × tokens × k × hidden × bytes × (ep − 1)/ep per layer (the rows for its own experts
+ * stay; balanced routing assumed).
+ */
+export function moeAllToAllBytes(o: { tokens: number; hidden: number; topK: number; ep: number; bytesPerElement: number; layers: number }): number {
+  if (o.ep <= 1) return 0;
+  return Math.round(2 * o.tokens * o.topK * o.hidden * o.bytesPerElement * ((o.ep - 1) / o.ep) * o.layers);
 }
 
 /** Elements one rank holds (one TP rank of one pipeline stage), by part. */
@@ -121,7 +139,7 @@ export interface ShardElements {
   norm: number;
   /** Every local decoder layer together (weights, biases, norms). */
   layers: number;
-  /** Of `layers`: the matmul weights only (the FLOP-bearing elements). */
+  /** Of `layers`: the matmul weights a token multiplies (the FLOP-bearing elements; MoE: router + its k experts). */
   layerMatmul: number;
   /** Decoder layers of this stage. */
   numLayers: number;
@@ -156,7 +174,12 @@ export function shardElements(config: LlamaConfig, tp: number, pp: number, ppRan
   const vocabPerRank = (Math.ceil(c.vocabSize / VOCAB_PAD) * VOCAB_PAD) / tp;
   const qkvOut = (heads + 2 * kvHeads) * hd;
   const inter = c.intermediateSize / tp;
-  const matmul = qkvOut * h + h * (c.numAttentionHeads * hd) / tp + 2 * inter * h + h * inter;
+  const attnMatmul = qkvOut * h + h * (c.numAttentionHeads * hd) / tp;
+  const moe = moeOf(c);
+  // MoE (Mixtral): the replicated router E × H and this rank's experts — E / ep whole experts (vLLM's EP over
+  // the TP ranks: ep = tp), the same elements as every expert split tp ways; a token's FLOPs use k of them.
+  const matmul = moe ? attnMatmul + moe.numExperts * h + (moe.numExperts * 3 * c.intermediateSize * h) / tp : attnMatmul + 2 * inter * h + h * inter;
+  const activeMatmul = moe ? attnMatmul + moe.numExperts * h + moe.topK * 3 * inter * h : matmul;
   const biases = (c.qkvBias ? qkvOut : 0) + (c.oProjBias ? h : 0) + (c.mlpBias ? 2 * inter + h : 0);
   const perLayer = 2 * h + matmul + biases;
   const embedding = first || (last && c.tieWordEmbeddings) ? vocabPerRank * h : 0;
@@ -164,7 +187,7 @@ export function shardElements(config: LlamaConfig, tp: number, pp: number, ppRan
   const norm = last ? h : 0;
   const layers = numLayers * perLayer;
   return {
-    embedding, lmHead, norm, layers, layerMatmul: numLayers * matmul, numLayers, headsPerRank: heads, kvHeadsPerRank: kvHeads, vocabPerRank,
+    embedding, lmHead, norm, layers, layerMatmul: numLayers * activeMatmul, numLayers, headsPerRank: heads, kvHeadsPerRank: kvHeads, vocabPerRank,
     total: embedding + lmHead + norm + layers,
   };
 }
@@ -311,6 +334,11 @@ export interface LayoutPlan {
   ppSendBytesPerToken: number;
   /** Bytes across one stage boundary for the prefill. */
   ppSendBytesPerPrefill: number;
+  /**
+   * Mixture-of-experts configs only: experts per rank (EP over the TP ranks, as vLLM with one replica), their
+   * bytes, and the all-to-all bytes one rank sends per decode step and per prefill ({@link moeAllToAllBytes}).
+   */
+  moe?: { numExperts: number; topK: number; ep: number; expertsPerRank: number; expertBytesPerRank: number; allToAllBytesPerToken: number; allToAllBytesPerPrefill: number };
   /** One decode step (every sequence gets one token). */
   decode: PhaseEstimate;
   /** The prefill of every sequence's `seq` tokens. */
@@ -522,6 +550,20 @@ function planOne(
     logitsAllGatherBytes: tp > 1 ? batch * vp * b : 0,
     ppSendBytesPerToken: pp > 1 ? allReduceMessageBytes(h, batch, b) : 0,
     ppSendBytesPerPrefill: pp > 1 ? allReduceMessageBytes(h, batch * seq, b) : 0,
+    ...(moeOf(c)
+      ? (() => {
+        const me = moeOf(c)!;
+        const layers = c.numHiddenLayers;
+        return {
+          moe: {
+            numExperts: me.numExperts, topK: me.topK, ep: tp, expertsPerRank: me.numExperts / tp,
+            expertBytesPerRank: Math.round((me.numExperts / tp) * 3 * c.intermediateSize * h * b * Math.max(...part.counts)),
+            allToAllBytesPerToken: moeAllToAllBytes({ tokens: batch, hidden: h, topK: me.topK, ep: tp, bytesPerElement: b, layers }),
+            allToAllBytesPerPrefill: moeAllToAllBytes({ tokens: batch * seq, hidden: h, topK: me.topK, ep: tp, bytesPerElement: b, layers }),
+          },
+        };
+      })()
+      : {}),
     decode,
     prefill,
   };

@@ -6,7 +6,13 @@
  *
  * @module
  */
-import { LlamaConfig, parseLlamaConfig } from '../models/config';
+import { LlamaConfig, parseLlamaConfig, parseMixtralConfig } from '../models/config';
+
+/** A `config.json` of the Llama family or Mixtral, through the parser of its architecture. */
+export function parseDecoderConfig(json: unknown): LlamaConfig {
+  const archs = (json as { architectures?: unknown } | null)?.architectures;
+  return Array.isArray(archs) && archs[0] === 'MixtralForCausalLM' ? parseMixtralConfig(json) : parseLlamaConfig(json);
+}
 
 const llama3Rope = { rope_type: 'llama3', factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
 
@@ -52,6 +58,13 @@ export const BUILTIN_MODELS: Readonly<Record<string, Readonly<Record<string, unk
     num_attention_heads: 32, num_key_value_heads: 8, head_dim: 128, vocab_size: 32768, hidden_act: 'silu', rms_norm_eps: 1e-5,
     rope_theta: 1000000.0, max_position_embeddings: 32768, sliding_window: null, tie_word_embeddings: false,
   },
+  /** mistralai/Mixtral-8x7B-v0.1 (8 experts, top-2) */
+  'mixtral-8x7b': {
+    architectures: ['MixtralForCausalLM'], model_type: 'mixtral', hidden_size: 4096, intermediate_size: 14336, num_hidden_layers: 32,
+    num_attention_heads: 32, num_key_value_heads: 8, vocab_size: 32000, hidden_act: 'silu', rms_norm_eps: 1e-5, rope_theta: 1000000.0,
+    max_position_embeddings: 32768, sliding_window: null, tie_word_embeddings: false, num_local_experts: 8, num_experts_per_tok: 2,
+    router_aux_loss_coef: 0.02,
+  },
   /** Qwen/Qwen2-7B (q/k/v biases; 28 heads, 4 kv heads) */
   'qwen2-7b': {
     architectures: ['Qwen2ForCausalLM'], model_type: 'qwen2', hidden_size: 3584, intermediate_size: 18944, num_hidden_layers: 28,
@@ -69,5 +82,5 @@ export const BUILTIN_MODELS: Readonly<Record<string, Readonly<Record<string, unk
 export function builtinModelConfig(name: string): LlamaConfig {
   const c = Object.prototype.hasOwnProperty.call(BUILTIN_MODELS, name) ? BUILTIN_MODELS[name] : undefined;
   if (!c) throw new RangeError(`Expected one of ${Object.keys(BUILTIN_MODELS).join(', ')} for --model but received ${JSON.stringify(name)}`);
-  return parseLlamaConfig(c);
+  return parseDecoderConfig(c);
 }
