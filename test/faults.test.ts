@@ -362,7 +362,7 @@ const MISMATCH_CASES: Record<string, (string | ((W: number) => string))[]> = {
   allReduceVsBroadcast: ['rank 0: all_reduce(seq 6, float32, count 16, op sum)', 'rank 1: broadcast(seq 6, float32, count 16, root 0)'],
   reduceOp: ['op max', 'op sum'],
   broadcastRoot: ['root 0', 'root 1'],
-  allGatherDim: ['rank 0: all_gather(seq 12, float32, count 4, dim 0)', 'rank 1: all_gather(seq 12, float32, count 4, dim 1)'],
+  allGatherDim: ['rank 0: all_gather(seq 12, float32, count 4, dim 0, shape [2, 2])', 'rank 1: all_gather(seq 12, float32, count 4, dim 1, shape [2, 2])'],
   allGatherVsAllReduce: ['rank 0: all_reduce(seq 14', 'rank 1: all_gather(seq 14'],
   // one rank's all-reduce fits in the descriptor exchange, the other's needs the ring
   inlineVsRing: ['rank 0: all_reduce(seq 16, float32, count 10, op sum)', 'rank 1: all_reduce(seq 16, float32, count 100000, op sum)'],

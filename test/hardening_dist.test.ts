@@ -72,3 +72,31 @@ test.serial('world 2: destroy() with a recv pending rejects it with GROUP_DESTRO
   exitedPromptly(t, out);
   t.true(out.elapsedMs < 10_000, `the launch took ${out.elapsedMs} ms`);
 });
+
+test.serial('world 2: collectives whose result depends on the shape reject a shape mismatch of equal element count', async (t) => {
+  const out = await runRanks<Record<string, { result: ErrorInfo | string; after: number[] }>>(2, FIXTURE, 'shapeMismatch', { timeoutMs: 30_000 });
+  assertRanksOk(t, out);
+  const expect: Record<string, RegExp | 'resolved'> = {
+    allGatherLast: /rank 0: all_gather\(seq 0, float32, count 6, dim 1, shape \[2, 3\]\); rank 1: all_gather\(seq 0, float32, count 6, dim 1, shape \[3, 2\]\)$/,
+    allGatherFirst: /rank 0: all_gather\(seq 2, float32, count 6, dim 0, shape \[2, 3\]\); rank 1: all_gather\(seq 2, float32, count 6, dim 0, shape \[3, 2\]\)$/,
+    allGatherLastLarge: /shape \[2000, 6\]\); rank 1: .*shape \[4000, 3\]\)$/,
+    reduceScatterFirst: /rank 0: reduce_scatter\(.*dim 0, shape \[4, 3\]\); rank 1: reduce_scatter\(.*dim 0, shape \[2, 6\]\)$/,
+    reduceScatterLast: /dim 1, shape \[3, 4\]\); rank 1: .*dim 1, shape \[6, 2\]\)$/,
+    allToAll: /rank 0: all_to_all\(.*shape \[4, 3\]\); rank 1: all_to_all\(.*shape \[2, 6\]\)$/,
+    allReduce: 'resolved',
+    broadcast: 'resolved',
+  };
+  out.results.forEach((res, rank) => {
+    for (const [name, want] of Object.entries(expect)) {
+      const c = res![name]!;
+      if (want === 'resolved') {
+        t.is(c.result, 'resolved', `${name} on rank ${rank}`);
+      } else {
+        const e = c.result as ErrorInfo;
+        t.is(e.code, 'COLLECTIVE_MISMATCH', `${name} on rank ${rank}: ${JSON.stringify(e)}`);
+        t.regex(e.message ?? '', want, name);
+      }
+      t.deepEqual(c.after, SUM2, `${name}: the group is usable afterwards`);
+    }
+  });
+});

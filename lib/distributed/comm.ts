@@ -27,6 +27,11 @@ export interface OpContext {
   seq: number;
   /** Timeout of this op in ms. */
   timeoutMs: number;
+  /**
+   * The input's shape, for the ops whose result depends on it beyond the element count (all-gather and
+   * reduce-scatter along a dim, all-to-all of rows): part of what the ranks agree on before data moves.
+   */
+  shape?: readonly number[];
 }
 
 /** One backend's communicator for one group. */

@@ -12,6 +12,7 @@ import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
 import type { Communicator, OpContext, RendezvousStore } from './comm';
+import { connectShm, shmWanted, type ShmTransport } from './shm';
 
 function hostF32(t: Tensor): Float32Array | null {
   if (t.device === 'cpu' && t.dtype === 'float32') return (t._storage as HostStorage).f32;
@@ -64,28 +65,40 @@ export function glooIoPriority(env: NodeJS.ProcessEnv, option?: unknown): number
   throw new RangeError(`TPKIT_GLOO_IO_PRIORITY must be 'normal', 'idle' or a nice value from 1 to 19, got '${raw}'`);
 }
 
-/** The native communicator's uneven all-to-all (native/core/gloo_comm.cc, `allToAllV`). */
-type NativeAllToAllV = (input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[],
-  seq: number, dtype: number, timeoutMs?: number) => Promise<void>;
-
 /** Gloo-backed {@link Communicator}. */
 export class GlooCommunicator implements Communicator {
   readonly backend = 'gloo' as const;
   private readonly native: NativeGlooComm;
 
   /** @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority}) */
-  constructor(readonly rank: number, readonly size: number, hostname: string, timeoutMs: number, check: boolean, ioPriority: number) {
+  /** The shared-memory transport (lib/distributed/shm.ts) when this group's ranks share a host, else null. */
+  private shm: ShmTransport | null = null;
+  private readonly wantShm: boolean;
+
+  /**
+   * @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority})
+   * @param shm initDistributed's `shm` option (else `TPKIT_SHM`; {@link shmWanted})
+   */
+  constructor(readonly rank: number, readonly size: number, hostname: string, private readonly timeoutMs: number, check: boolean, ioPriority: number, shm?: boolean) {
+    this.wantShm = shmWanted(process.env, shm);
     this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check, ioPriority);
   }
 
-  connect(store: RendezvousStore): Promise<void> {
-    return this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
+  async connect(store: RendezvousStore): Promise<void> {
+    await this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
+    this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.wantShm);
+  }
+
+  /** Whether this group's collectives go through shared memory. */
+  get sharedMemory(): boolean {
+    return this.shm !== null;
   }
 
   // Every operation holds a host-pool ticket (hostWork) while Gloo may touch the tensors' arrays, so a tensor
   // disposed meanwhile does not hand its buffer to a new tensor before Gloo is done with it.
 
   allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
+    if (this.shm) return this.shm.allReduce(t, redop, ctx);
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
       await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
@@ -94,27 +107,30 @@ export class GlooCommunicator implements Communicator {
   }
 
   allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
+    if (this.shm) return this.shm.allGather(t, dim, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length * this.size);
-      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
+      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(t, out, [this.size, ...t.shape]);
     });
   }
 
   reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext, scratch = false): Promise<Tensor> {
+    if (this.shm) return this.shm.reduceScatter(work, redop, dim, ctx);
     return hostWork(async () => {
       // The ring overwrites its input: it works in `work`'s own array when that is a host float32 scratch copy,
       // else in a private float32 copy.
       const buf = (scratch ? hostF32(work) : null) ?? (await work.toFloat32Array());
       const chunk = buf.length / this.size;
       const out = new Float32Array(chunk);
-      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
+      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(work, out, [chunk]);
     });
   }
 
   broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
+    if (this.shm) return this.shm.broadcast(t, root, ctx);
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
       await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
@@ -123,10 +139,11 @@ export class GlooCommunicator implements Communicator {
   }
 
   allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
+    if (this.shm) return this.shm.allToAll(t, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length);
-      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
       return like(t, out, t.shape);
     });
   }
@@ -138,13 +155,13 @@ export class GlooCommunicator implements Communicator {
       const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
       const outRows = outputSplits.reduce((a, b) => a + b, 0);
       const out = new Float32Array(outRows * rowElems);
-      const native = this.native as NativeGlooComm & { allToAllV: NativeAllToAllV };
-      await native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       return like(t, out, [outRows, ...t.shape.slice(1)]);
     });
   }
 
   barrier(ctx: OpContext): Promise<void> {
+    if (this.shm) return this.shm.barrier(ctx);
     return this.native.barrier(ctx.seq, ctx.timeoutMs);
   }
 
@@ -165,6 +182,7 @@ export class GlooCommunicator implements Communicator {
   }
 
   close(): void {
+    this.shm?.close();
     this.native.close();
   }
 
@@ -173,6 +191,7 @@ export class GlooCommunicator implements Communicator {
    * connection is hard-closed, so peers blocked on this rank fail at once instead of at their timeout.
    */
   abort(): void {
-    (this.native as NativeGlooComm & { abort(): void }).abort();
+    this.shm?.abort();
+    this.native.abort();
   }
 }

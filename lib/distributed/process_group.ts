@@ -5,8 +5,11 @@
  * rank of the parent calls it, in the same order); `destroy()` ends a group. Every collective is validated
  * here before anything is sent, numbered (the sequence number is the same on every rank), bounded by a
  * timeout, and — unless `TPKIT_CHECK=off` — preceded by a small exchange in which the ranks agree on
- * (sequence number, op, dtype, element count, root, reduction, dim), so a mismatch rejects on every rank
- * with `COLLECTIVE_MISMATCH` instead of corrupting data. A failure on one rank is published through the
+ * (sequence number, op, dtype, element count, root, reduction, dim, and the shape for the ops whose result depends
+ * on it: all-gather, reduce-scatter, all-to-all), so a mismatch rejects on every rank with `COLLECTIVE_MISMATCH`
+ * instead of corrupting data. All-reduce and broadcast are elementwise on the flat data: ranks may pass different
+ * shapes of one element count (as in torch). With `TPKIT_CHECK=off` the ranks still compare (op, element count),
+ * so a size disagreement rejects instead of aborting the process. A failure on one rank is published through the
  * rendezvous store so the others abort promptly rather than waiting for their own timeout.
  *
  * @module
@@ -235,7 +238,7 @@ export class ProcessGroup {
     return this.#collective('allGather', timeoutMs, async (comm, ctx) => {
       const stacked = await comm.allGather(t, dim, ctx);
       return this.#unstack(stacked, t.shape, dim, outShape);
-    }, () => t.narrow(0, 0, t.shape[0]!));
+    }, () => t.narrow(0, 0, t.shape[0]!), t.shape);
   }
 
   /**
@@ -269,7 +272,7 @@ export class ProcessGroup {
       } finally {
         if (work !== t) work.dispose();
       }
-    }, () => t.narrow(0, 0, t.shape[0]!));
+    }, () => t.narrow(0, 0, t.shape[0]!), t.shape);
   }
 
   /**
@@ -339,7 +342,7 @@ export class ProcessGroup {
     if (t.ndim === 0 || t.shape[0]! % size !== 0) {
       throw new RangeError(`allToAll: dim 0 of shape ${formatShape(t.shape)} is not divisible by group size ${size}`);
     }
-    return this.#collective('allToAll', timeoutMs, (comm, ctx) => comm.allToAll(t, ctx), () => t.narrow(0, 0, t.shape[0]!));
+    return this.#collective('allToAll', timeoutMs, (comm, ctx) => comm.allToAll(t, ctx), () => t.narrow(0, 0, t.shape[0]!), t.shape);
   }
 
   /** Waits until every rank of the group has reached the barrier. @throws TpkitError as allReduce */
@@ -467,11 +470,13 @@ export class ProcessGroup {
     return out;
   }
 
-  async #collective<T>(op: OpName, timeoutMs: number, body: (comm: Communicator, ctx: OpContext) => Promise<T>, single: () => T): Promise<T> {
+  /** `shape`: the input's shape where the result depends on it (see {@link OpContext.shape}). */
+  async #collective<T>(op: OpName, timeoutMs: number, body: (comm: Communicator, ctx: OpContext) => Promise<T>, single: () => T,
+    shape?: readonly number[]): Promise<T> {
     this.#assertMember(op);
     this.callCounts[op]++;
     if (this.size === 1) return single();
-    const ctx: OpContext = { seq: this.#seq++, timeoutMs };
+    const ctx: OpContext = { seq: this.#seq++, timeoutMs, shape };
     // Collectives enter the communicator in call order: Gloo needs every rank to issue them identically.
     const run = this.#chain.then(async () => {
       await this.#ready;

@@ -15,15 +15,19 @@ export type NativePromise = Promise<void>;
 export interface NativeGlooComm {
   connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
   allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
-  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  /** `shape`: the input's shape, part of the descriptor every rank checks (the gathered layout depends on it). */
+  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
+  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
+  /** Uneven all-to-all (native/core/gloo_comm.cc `allToAllV`): row counts per rank, rows of `rowElems` floats. */
+  allToAllV(input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[], seq: number, dtype: number, timeoutMs?: number): NativePromise;
   barrier(seq: number, timeoutMs?: number): NativePromise;
   send(buf: Float32Array, count: number, dst: number, p2pSeq: number, timeoutMs?: number): NativePromise;
   recv(buf: Float32Array, count: number, src: number, p2pSeq: number, timeoutMs?: number): NativePromise;
   close(): void;
-  isBroken(): boolean;
+  /** close() for a broken group, plus a hard close of every connection (see native/core/gloo_comm.cc `abort`). */
+  abort(): void;
 }
 
 /** The core addon's exports (see native/core/addon.cc). */
@@ -81,4 +85,35 @@ export function loadCore(): CoreAddon {
   }
   core.setErrorClass(TpkitError);
   return core;
+}
+
+/**
+ * The native shared-memory communicator (native/core/shm_comm.h): one segment per process group whose ranks share
+ * a host. Set up by lib/distributed/shm.ts (create on rank 0 → open on the others → unlink → start); the ops
+ * take the same arguments as {@link NativeGlooComm}'s and reject with the same codes (`TIMEOUT`, `PEER_LOST`,
+ * `COLLECTIVE_MISMATCH`, `GROUP_BROKEN`, `GROUP_DESTROYED`).
+ */
+export interface NativeShmComm {
+  /** Rank 0: creates (O_EXCL, 0600), reserves and maps the segment; returns its size in bytes. Throws `SHM_UNAVAILABLE`. */
+  create(path: string): number;
+  /** Other ranks: maps rank 0's segment after checking owner, mode and size; returns its size in bytes. Throws `SHM_UNAVAILABLE`. */
+  open(path: string): number;
+  /** Removes the segment's name; false when it was already gone. */
+  unlink(path: string): boolean;
+  /** Every rank has mapped the segment: reads the peers' pids (liveness checks). */
+  start(): void;
+  allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  barrier(seq: number, timeoutMs?: number): NativePromise;
+  close(): void;
+  /** close() plus the segment's abort word: peers waiting on this rank fail at once with `PEER_LOST`. */
+  abort(): void;
+}
+
+// Declaration merging: the core addon's shared-memory communicator class.
+export interface CoreAddon {
+  ShmComm: new (rank: number, size: number, timeoutMs: number) => NativeShmComm;
 }

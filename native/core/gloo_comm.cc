@@ -75,9 +75,17 @@ const char* RedopName(int64_t r) {
   }
 }
 
-// What every rank must agree on before data moves.
+// What every rank must agree on before data moves: everything the op's result depends on. `ndim`/`dims`: the
+// tensor's shape, for the ops whose result depends on it beyond the element count (all-gather along a dim,
+// reduce-scatter along a dim, all-to-all of rows); 0 (no shape) for the elementwise ones.
+constexpr int kMaxDims = 8;
 struct Descriptor {
   int64_t seq, op, dtype, count, root, redop, dim;
+  int64_t ndim;
+  int64_t dims[kMaxDims];
+  Descriptor() = default;  // trivial: blocks are copied in and out with memcpy
+  Descriptor(int64_t seq_, int64_t op_, int64_t dtype_, int64_t count_, int64_t root_, int64_t redop_, int64_t dim_)
+      : seq(seq_), op(op_), dtype(dtype_), count(count_), root(root_), redop(redop_), dim(dim_), ndim(0), dims{} {}
 };
 constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
 // Collectives whose data (per rank: all-reduce, all-gather, broadcast, all-to-all and reduce-scatter inputs) is
@@ -97,6 +105,11 @@ std::string Describe(const Descriptor& d) {
   if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
   if (d.op == kBroadcast) s << ", root " << d.root;
   if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
+  if (d.ndim > 0 && d.ndim <= kMaxDims) {
+    s << ", shape [";
+    for (int64_t i = 0; i < d.ndim; i++) s << (i ? ", " : "") << d.dims[i];
+    s << "]";
+  }
   s << ")";
   return s.str();
 }
@@ -452,8 +465,7 @@ Napi::Function GlooComm::Init(Napi::Env env) {
                       InstanceMethod("send", &GlooComm::Send),
                       InstanceMethod("recv", &GlooComm::Recv),
                       InstanceMethod("close", &GlooComm::Close),
-                      InstanceMethod("abort", &GlooComm::Abort),
-                      InstanceMethod("isBroken", &GlooComm::IsBroken)});
+                      InstanceMethod("abort", &GlooComm::Abort)});
 }
 
 // new GlooComm(rank, size, hostname, timeoutMs, check, ioPriority)
@@ -572,6 +584,23 @@ class P2PWait {
   gloo::transport::UnboundBuffer* b_;
 };
 
+// Reads the optional shape argument `i` (at most kMaxDims non-negative integers) into the descriptor.
+void ShapeArg(const Napi::CallbackInfo& info, size_t i, Descriptor& d) {
+  if (i >= info.Length() || info[i].IsUndefined()) return;
+  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), "Expected array for shape");
+  auto a = info[i].As<Napi::Array>();
+  if (a.Length() > kMaxDims) throw Napi::RangeError::New(info.Env(), "Expected at most 8 dimensions for shape");
+  d.ndim = a.Length();
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > static_cast<double>(kMaxCount)) {
+      throw Napi::RangeError::New(info.Env(), "Expected non-negative integers for shape");
+    }
+    d.dims[k] = static_cast<int64_t>(x);
+  }
+}
+
 ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const GlooState& s) {
   if (i < info.Length() && info[i].IsNumber()) return ms(IntArg(info, i, "timeoutMs", 1, int64_t{1} << 40));
   return s.timeout;
@@ -670,7 +699,7 @@ Napi::Value GlooComm::AllReduce(const Napi::CallbackInfo& info) {
   }, {info[0]});
 }
 
-// allGather(input: Float32Array, output: Float32Array, count, seq, dtype, dim, timeoutMs?) — output is rank-major
+// allGather(input: Float32Array, output: Float32Array, count, seq, dtype, dim, timeoutMs?, shape?) — output is rank-major
 Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
@@ -680,11 +709,13 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const int64_t dim = IntArg(info, 5, "dim", -1, 64);
   const ms t = OpTimeout(info, 6, *s);
+  Descriptor desc{seq, kAllGather, dtype, count, -1, -1, dim};
+  ShapeArg(info, 7, desc);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
     const bool small = s->Inline(count);
-    const float* gathered = s->Agree({seq, kAllGather, dtype, count, -1, -1, dim}, t, small ? in : nullptr,
+    const float* gathered = s->Agree(desc, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
     if (gathered != nullptr) {  // the exchange carried every rank's input
@@ -703,7 +734,7 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
 }
 
 // reduceScatter(work: Float32Array (size·chunk, overwritten), output: Float32Array (chunk), chunk, redop, seq,
-// dtype, dim, timeoutMs?) — ring reduce-scatter from Gloo's unbound-buffer primitives (this Gloo has no
+// dtype, dim, timeoutMs?, shape?) — ring reduce-scatter from Gloo's unbound-buffer primitives (this Gloo has no
 // new-style reduce_scatter; NATIVE-NOTES.md). Rank r ends with chunk r of the reduction.
 Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
   auto s = state_;
@@ -715,6 +746,8 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
   const int64_t dtype = IntArg(info, 5, "dtype", 0, 2);
   const int64_t dim = IntArg(info, 6, "dim", -1, 64);
   const ms t = OpTimeout(info, 7, *s);
+  Descriptor desc{seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim};
+  ShapeArg(info, 8, desc);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     const int n = s->size;
@@ -723,7 +756,7 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
     const size_t total = static_cast<size_t>(chunk) * static_cast<size_t>(n);
     const bool small = s->Inline(chunk * n);
     size_t stride = 0;
-    const float* gathered = s->Agree({seq, kReduceScatter, dtype, chunk * n, -1, redop, dim}, t,
+    const float* gathered = s->Agree(desc, t,
                                      small ? work : nullptr, total, &stride);
     if (gathered != nullptr) {
       // The exchange carried every rank's whole input: reduce chunk r of each, in rank order.
@@ -788,7 +821,7 @@ Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
   }, {info[0]});
 }
 
-// allToAll(input, output, count (total per rank, divisible by size), seq, dtype, timeoutMs?)
+// allToAll(input, output, count (total per rank, divisible by size), seq, dtype, timeoutMs?, shape?)
 Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
@@ -798,11 +831,13 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const ms t = OpTimeout(info, 5, *s);
+  Descriptor desc{seq, kAllToAll, dtype, count, -1, -1, 0};
+  ShapeArg(info, 6, desc);
   return Enqueue(info.Env(), s, [=]() {
     s->RequireConnected();
     size_t stride = 0;
     const bool small = s->Inline(count);
-    const float* gathered = s->Agree({seq, kAllToAll, dtype, count, -1, -1, 0}, t, small ? in : nullptr,
+    const float* gathered = s->Agree(desc, t, small ? in : nullptr,
                                      static_cast<size_t>(count), &stride);
     if (count == 0) return;
     if (gathered != nullptr) {  // the exchange carried every rank's whole input: keep chunk `rank` of each
@@ -850,7 +885,8 @@ std::vector<int64_t> SplitArg(const Napi::CallbackInfo& info, size_t i, const ch
 // torch's all_to_all_single with split sizes: rows [Σ in[<j], Σ in[≤j]) of input go to rank j; the rows from rank i
 // land at rows [Σ out[<i], Σ out[≤i]) of output (a row is rowElems floats). With the check on, the descriptor
 // exchange also carries every rank's split sizes, and every rank verifies the whole matrix (rank i's out[j] must
-// equal rank j's in[i]), so a disagreement rejects with COLLECTIVE_MISMATCH on every rank before data moves.
+// equal rank j's in[i]), so a disagreement rejects with COLLECTIVE_MISMATCH on every rank before data moves
+// (with the check off as well: the unchecked exchange carries the split sizes too).
 // Data moves with Gloo's alltoallv (zero-length chunks included).
 Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
   auto s = state_;
@@ -878,9 +914,10 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
       std::memcpy(out, in, sizeof(float) * static_cast<size_t>(inRows * rowElems));
       return;
     }
-    if (s->check) {
+    {
       // Every rank's [in splits, out splits], as int64 words: inline in the descriptor exchange when they fit,
-      // else in an all-gather of their own right after it.
+      // else in an all-gather of their own right after it. Checked with TPKIT_CHECK=off too (the unchecked
+      // exchange still carries them): a split disagreement would otherwise corrupt or abort inside Gloo.
       std::vector<int64_t> mine(inSplits);
       mine.insert(mine.end(), outSplits.begin(), outSplits.end());
       const size_t floats = mine.size() * 2;
@@ -922,10 +959,6 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
     for (int r = 0; r < n; r++) {
       inElems[static_cast<size_t>(r)] *= rowElems;
       outElems[static_cast<size_t>(r)] *= rowElems;
-    }
-    if (!s->check && inElems[static_cast<size_t>(s->rank)] != outElems[static_cast<size_t>(s->rank)]) {
-      throw CodedError{"COLLECTIVE_MISMATCH", "all_to_all_v on rank " + std::to_string(s->rank) +
-                                                  ": the rows it sends itself and expects from itself differ"};
     }
     float dummyIn = 0, dummyOut = 0;  // an empty side still needs a valid pointer for its unbound buffer
     gloo::AlltoallvOptions opts(s->ctx);
@@ -1072,10 +1105,6 @@ Napi::Value GlooComm::Abort(const Napi::CallbackInfo& info) {
   }
   if (idle) s.CloseConnections();
   return info.Env().Undefined();
-}
-
-Napi::Value GlooComm::IsBroken(const Napi::CallbackInfo& info) {
-  return Napi::Boolean::New(info.Env(), state_->broken.load());
 }
 
 }  // namespace tpkit

@@ -34,7 +34,6 @@ class GlooComm : public Napi::ObjectWrap<GlooComm> {
   Napi::Value Recv(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Abort(const Napi::CallbackInfo& info);
-  Napi::Value IsBroken(const Napi::CallbackInfo& info);
 
   std::shared_ptr<GlooState> state_;
 };
