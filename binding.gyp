@@ -9,7 +9,8 @@
         "native/core/blas.cc",
         "native/core/gloo_comm.cc",
         "native/core/js_store.cc",
-        "native/core/kernels.cc"
+        "native/core/kernels.cc",
+        "native/core/shm_comm.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

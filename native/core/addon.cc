@@ -6,6 +6,7 @@
 #include "blas.h"
 #include "gloo_comm.h"
 #include "kernels.h"
+#include "shm_comm.h"
 
 namespace tpkit {
 
@@ -39,6 +40,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("softmax", Napi::Function::New(env, Softmax));
   exports.Set("argmax", Napi::Function::New(env, Argmax));
   exports.Set("GlooComm", GlooComm::Init(env));
+  exports.Set("ShmComm", ShmComm::Init(env));
   return exports;
 }
 

@@ -1,0 +1,221 @@
+/**
+ * Shared-memory transport of the gloo backend, for a process group whose ranks share a host
+ * (native/core/shm_comm.h has the segment layout, the rounds and the waiting).
+ *
+ * Lifecycle, inside {@link GlooCommunicator.connect} after Gloo's own rendezvous:
+ * 1. every rank publishes under `shm/facts/<rank>` of the group's store whether it wants shared memory
+ *    (`TPKIT_SHM`, or initDistributed's `shm` option) and the facts that decide "same host": the boot id
+ *    (/proc/sys/kernel/random/boot_id), the device of /dev/shm (`st_dev`), the user id and the pid namespace
+ *    (peers' pids are checked for liveness). Not `LOCAL_WORLD_SIZE`: sub-groups and containers without a
+ *    common /dev/shm decide right. Every rank reads every rank's facts, so all decide alike.
+ * 2. rank 0 creates `/dev/shm/tpkit-<uid>-<pid>-<random>` (O_EXCL, 0600, space reserved with
+ *    posix_fallocate) and publishes its path, or the reason it could not;
+ * 3. the others map it and report under `shm/mapped/<rank>`; once every rank has reported, every rank unlinks
+ *    the name (the first wins): nothing is left in /dev/shm after any exit, SIGKILL included, once setup is
+ *    over.
+ * If any step fails (a full /dev/shm, a segment another rank cannot open) every rank falls back to Gloo TCP,
+ * with one warning naming the size needed and `TPKIT_SHM`.
+ *
+ * The transport carries all-reduce (every op), all-gather, reduce-scatter, broadcast, all-to-all and barrier;
+ * uneven all-to-all and send/recv stay on Gloo TCP.
+ *
+ * @module
+ * @internal
+ */
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+
+import { loadCore, type NativeShmComm } from '../native';
+import { HostStorage } from '../backend/cpu';
+import { hostWork } from '../backend/host_pool';
+import { DTYPE_CODE } from '../backend/types';
+import { Tensor } from '../tensor';
+import type { OpContext, RendezvousStore } from './comm';
+
+/** Whether shared memory is used when `TPKIT_SHM` is unset and no option is given. */
+export const SHM_DEFAULT = false;
+
+/** Where segments are created. */
+export const SHM_DIR = '/dev/shm';
+
+/**
+ * Whether this rank wants the shared-memory transport: initDistributed's `shm` option, else `TPKIT_SHM`
+ * (`on`/`1`/`true`, `off`/`0`/`false`), else {@link SHM_DEFAULT}.
+ *
+ * @throws TypeError for an option that is not a boolean; RangeError for another `TPKIT_SHM` value
+ */
+export function shmWanted(env: NodeJS.ProcessEnv, option?: unknown): boolean {
+  if (option !== undefined) {
+    if (typeof option !== 'boolean') throw new TypeError(`Expected boolean for shm but received ${String(option)} of type ${typeof option}`);
+    return option;
+  }
+  const raw = env.TPKIT_SHM ?? '';
+  const v = raw.trim().toLowerCase();
+  if (v === '') return SHM_DEFAULT;
+  if (v === 'on' || v === '1' || v === 'true') return true;
+  if (v === 'off' || v === '0' || v === 'false') return false;
+  throw new RangeError(`TPKIT_SHM must be 'on' or 'off', got '${raw}'`);
+}
+
+/** The facts ranks compare to decide that they share a host (null: no usable /dev/shm). */
+function hostFacts(): { boot: string; shmDev: number; uid: number; pidNs: number } | null {
+  try {
+    return {
+      boot: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+      shmDev: fs.statSync(SHM_DIR).dev,
+      uid: os.userInfo().uid,
+      pidNs: fs.statSync('/proc/self/ns/pid').ino,
+    };
+  } catch {
+    return null;
+  }
+}
+
+let warned = false;
+function warnFallback(reason: string): void {
+  if (warned) return;
+  warned = true;
+  process.emitWarning(`tpkit: shared-memory collectives are off for this group, using Gloo TCP: ${reason}. Free space in ${SHM_DIR} (or set TPKIT_SHM=off to silence this)`, { code: 'TPKIT_SHM_FALLBACK' });
+}
+
+const enc = (v: unknown): Uint8Array => Buffer.from(JSON.stringify(v));
+const dec = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as Record<string, unknown>;
+
+/**
+ * Sets up the group's segment (see the module doc). Every rank of the group calls it.
+ *
+ * @returns the transport, or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
+ *   a host, or the segment could not be set up: then one warning)
+ * @throws TpkitError `TIMEOUT` when a rank does not report within the store's timeout
+ */
+export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, wanted: boolean): Promise<ShmTransport | null> {
+  if (size <= 1) return null;
+  const facts = wanted ? hostFacts() : null;
+  await store.set(`shm/facts/${rank}`, enc({ wanted, facts }));
+  const all = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/facts/${r}`).then(dec)));
+  const key = JSON.stringify(all[0]!.facts);
+  if (!all.every((f) => f.wanted === true && f.facts !== null && JSON.stringify(f.facts) === key)) return null;
+
+  const native = new (loadCore().ShmComm)(rank, size, timeoutMs);
+  let path = '';
+  let failure: string | null = null;
+  try {
+    if (rank === 0) {
+      path = `${SHM_DIR}/tpkit-${os.userInfo().uid}-${process.pid}-${crypto.randomBytes(8).toString('hex')}`;
+      try {
+        native.create(path);
+        await store.set('shm/segment', enc({ path }));
+      } catch (e) {
+        failure = (e as Error).message;
+        await store.set('shm/segment', enc({ error: failure }));
+      }
+    } else {
+      const seg = dec(await store.get('shm/segment'));
+      if (typeof seg.error === 'string') failure = seg.error;
+      else {
+        path = String(seg.path);
+        try {
+          native.open(path);
+        } catch (e) {
+          failure = (e as Error).message;
+        }
+      }
+    }
+    await store.set(`shm/mapped/${rank}`, enc(failure === null ? { ok: true } : { error: failure }));
+    const mapped = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/mapped/${r}`).then(dec)));
+    const bad = mapped.findIndex((m) => m.ok !== true);
+    if (bad >= 0 && failure === null) failure = `rank ${bad}: ${String(mapped[bad]!.error)}`;
+  } finally {
+    // Every rank has mapped it (or given up): the name goes now, whatever follows.
+    if (path) native.unlink(path);
+  }
+  if (failure !== null) {
+    native.close();
+    warnFallback(failure);
+    return null;
+  }
+  native.start();
+  return new ShmTransport(native, size);
+}
+
+function hostF32(t: Tensor): Float32Array | null {
+  if (t.device === 'cpu' && t.dtype === 'float32') return (t._storage as HostStorage).f32;
+  return null;
+}
+
+async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }> {
+  const own = hostF32(t);
+  if (own) return { buf: own, staged: false };
+  return { buf: await t.toFloat32Array(), staged: true };
+}
+
+function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
+  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(new HostStorage('float32', values), shape);
+  return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
+}
+
+/**
+ * The collectives of the shared-memory transport, with {@link Communicator}'s signatures. Host float32
+ * tensors are used in place; other dtypes and cuda tensors are staged through float32 host copies, as on Gloo.
+ */
+export class ShmTransport {
+  constructor(private readonly native: NativeShmComm, readonly size: number) {}
+
+  allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
+    return hostWork(async () => {
+      const { buf, staged } = await stage(t);
+      await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      if (staged) await t._writeFloat32(buf);
+    });
+  }
+
+  allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const out = new Float32Array(buf.length * this.size);
+      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
+      return like(t, out, [this.size, ...t.shape]);
+    });
+  }
+
+  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(work);
+      const chunk = buf.length / this.size;
+      const out = new Float32Array(chunk);
+      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
+      return like(work, out, [chunk]);
+    });
+  }
+
+  broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
+    return hostWork(async () => {
+      const { buf, staged } = await stage(t);
+      await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      if (staged) await t._writeFloat32(buf);
+    });
+  }
+
+  allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const out = new Float32Array(buf.length);
+      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      return like(t, out, t.shape);
+    });
+  }
+
+  barrier(ctx: OpContext): Promise<void> {
+    return this.native.barrier(ctx.seq, ctx.timeoutMs);
+  }
+
+  close(): void {
+    this.native.close();
+  }
+
+  abort(): void {
+    this.native.abort();
+  }
+}
+

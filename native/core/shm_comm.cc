@@ -1,0 +1,790 @@
+#include "shm_comm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <sstream>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define TPKIT_PAUSE() _mm_pause()
+#else
+#define TPKIT_PAUSE() std::this_thread::yield()
+#endif
+
+#include "async_work.h"
+
+namespace tpkit {
+
+namespace {
+
+using ms = std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+constexpr int64_t kMaxCount = int64_t{1} << 40;
+constexpr uint64_t kMagic = 0x31304d4853504b54ull;  // "TKPSHM01"
+constexpr int kMaxRanks = 256;
+// How long a waiter spins before it sleeps on the futex, and the longest sleep between liveness checks.
+constexpr auto kSpin = std::chrono::microseconds(8);
+constexpr auto kLivenessPeriod = ms(100);
+// All-reduces of at most this many bytes finish in one round (every rank reduces every slot); larger ones
+// reduce-scatter then all-gather through the slots, two rounds per slot-sized chunk.
+constexpr size_t kOneRoundBytes = 64 * 1024;
+
+enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
+const char* OpName(int64_t op) {
+  switch (op) {
+    case kAllReduce: return "all_reduce";
+    case kAllGather: return "all_gather";
+    case kReduceScatter: return "reduce_scatter";
+    case kBroadcast: return "broadcast";
+    case kAllToAll: return "all_to_all";
+    case kBarrier: return "barrier";
+    default: return "unknown";
+  }
+}
+const char* RedopName(int64_t r) {
+  switch (r) {
+    case 0: return "sum";
+    case 1: return "prod";
+    case 2: return "max";
+    case 3: return "min";
+    case 4: return "avg";
+    default: return "-";
+  }
+}
+const char* DtypeName(int64_t d) {
+  switch (d) {
+    case 0: return "float32";
+    case 1: return "float16";
+    case 2: return "bfloat16";
+    default: return "unknown";
+  }
+}
+
+struct Descriptor {
+  int64_t seq, op, dtype, count, root, redop, dim;
+};
+
+std::string Describe(const Descriptor& d) {
+  std::ostringstream s;
+  s << OpName(d.op) << "(seq " << d.seq << ", " << DtypeName(d.dtype) << ", count " << d.count;
+  if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
+  if (d.op == kBroadcast) s << ", root " << d.root;
+  if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
+  s << ")";
+  return s.str();
+}
+
+// Segment layout. The header and every control line sit on cache lines of their own.
+struct alignas(64) Header {
+  uint64_t magic;
+  uint64_t size;
+  uint64_t slotBytes;
+  std::atomic<uint32_t> futex;    // bumped by every publish; sleepers wait on it
+  std::atomic<uint32_t> waiters;  // sleepers right now (a publish wakes only when > 0)
+  std::atomic<int32_t> aborted;   // 1 + the rank that aborted the group, 0 while healthy
+  int32_t pid[kMaxRanks];
+};
+struct alignas(64) Control {
+  std::atomic<uint64_t> round;  // the last round this rank published
+  Descriptor desc[2];           // the descriptor of the op whose first round has this parity
+};
+static_assert(sizeof(Control) <= 128, "control line");
+
+size_t Align(size_t n, size_t a) { return (n + a - 1) / a * a; }
+size_t ControlOffset() { return Align(sizeof(Header), 4096); }
+size_t DataOffset(int size) { return Align(ControlOffset() + sizeof(Control) * static_cast<size_t>(size), 4096); }
+// Per rank and parity: 1 MiB, less for large groups (the segment stays ≤ 16 MiB from 8 ranks up), ≥ 64 KiB.
+size_t SlotBytesFor(int size) {
+  const size_t target = (size_t{16} << 20) / (2 * static_cast<size_t>(size));
+  return std::max<size_t>(64 * 1024, std::min<size_t>(size_t{1} << 20, target & ~size_t{4095}));
+}
+size_t SegmentBytesFor(int size) { return DataOffset(size) + 2 * static_cast<size_t>(size) * SlotBytesFor(size); }
+
+long Futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const struct timespec* ts) {
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val, ts, nullptr, 0);
+}
+
+int PidfdOpen(pid_t pid) {
+#ifdef SYS_pidfd_open
+  return static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+#else
+  errno = ENOSYS;
+  return -1;
+#endif
+}
+
+void ReduceInto(int64_t redop, float* acc, const float* in, size_t n) {
+  switch (redop) {
+    case 1: for (size_t i = 0; i < n; i++) acc[i] *= in[i]; break;
+    case 2: for (size_t i = 0; i < n; i++) acc[i] = std::max(acc[i], in[i]); break;
+    case 3: for (size_t i = 0; i < n; i++) acc[i] = std::min(acc[i], in[i]); break;
+    default: for (size_t i = 0; i < n; i++) acc[i] += in[i]; break;
+  }
+}
+
+std::string ErrnoText(int e) { return std::string(strerror(e)); }
+
+}  // namespace
+
+struct ShmState;
+
+struct ShmJob {
+  std::function<void()> run;
+  Napi::Promise::Deferred deferred;
+  ShmState* state = nullptr;
+  std::vector<Napi::ObjectReference> refs;
+  std::string code;
+  std::string message;
+  explicit ShmJob(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+};
+
+void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job);
+using ShmTsfn = Napi::TypedThreadSafeFunction<std::nullptr_t, ShmJob, SettleShmJob>;
+
+struct ShmState {
+  int rank = 0;
+  int size = 1;
+  ms timeout{300000};
+  size_t slotBytes = 0;
+  size_t bytes = 0;
+  uint8_t* base = nullptr;
+  Header* header = nullptr;
+  std::vector<int> pidfds;  // -1 where pidfd_open failed (then kill(pid, 0))
+  std::vector<pid_t> pids;
+  uint64_t round = 0;  // the last round this rank published (communicator thread only)
+  bool started = false;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<ShmJob*> queue;
+  std::atomic<bool> stopping{false};
+  std::atomic<bool> broken{false};
+  std::atomic<bool> localAbort{false};
+  std::thread thread;
+  ShmTsfn tsfn;
+  bool tsfnAlive = true;
+  int64_t pending = 0;  // main thread only
+
+  ~ShmState() {
+    if (base != nullptr) munmap(base, bytes);
+    for (int fd : pidfds) {
+      if (fd >= 0) close(fd);
+    }
+  }
+
+  Control* ControlOf(int r) const { return reinterpret_cast<Control*>(base + ControlOffset()) + r; }
+  float* Slot(int r, uint64_t rnd) const {
+    return reinterpret_cast<float*>(base + DataOffset(size) + (static_cast<size_t>(r) * 2 + (rnd & 1)) * slotBytes);
+  }
+  size_t SlotFloats() const { return slotBytes / sizeof(float); }
+
+  void Complete(ShmJob* job) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (tsfnAlive) tsfn.BlockingCall(job);
+  }
+
+  void Loop() {
+    for (;;) {
+      ShmJob* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        cv.wait(lock, [&] { return stopping || !queue.empty(); });
+        if (queue.empty()) break;
+        job = queue.front();
+        queue.pop_front();
+        if (stopping) {
+          job->code = "GROUP_DESTROYED";
+          job->message = "the process group was destroyed before this operation ran";
+        }
+      }
+      if (job->code.empty()) Execute(job);
+      Complete(job);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (tsfnAlive) tsfn.Release();
+  }
+
+  void Execute(ShmJob* job) {
+    try {
+      if (!started) throw CodedError{"NOT_INITIALIZED", "shared-memory communicator is not started"};
+      if (broken) throw CodedError{"GROUP_BROKEN", "communicator is broken by an earlier failure"};
+      job->run();
+    } catch (const CodedError& e) {
+      job->code = e.code;
+      job->message = e.message;
+      if (e.code != "COLLECTIVE_MISMATCH") broken = true;
+    } catch (const std::exception& e) {
+      job->code = "NATIVE_ERROR";
+      job->message = e.what();
+      broken = true;
+    } catch (...) {
+      job->code = "NATIVE_ERROR";
+      job->message = "unknown native error on rank " + std::to_string(rank);
+      broken = true;
+    }
+  }
+
+  bool Alive(int q) const {
+    const int fd = pidfds[static_cast<size_t>(q)];
+    if (fd >= 0) {
+      pollfd p{fd, POLLIN, 0};
+      return poll(&p, 1, 0) == 0;  // readable once the process has terminated
+    }
+    return !(kill(pids[static_cast<size_t>(q)], 0) == -1 && errno == ESRCH);
+  }
+
+  // Publishes round `rnd` of this rank and wakes the sleepers.
+  void Publish(uint64_t rnd) {
+    ControlOf(rank)->round.store(rnd, std::memory_order_seq_cst);
+    header->futex.fetch_add(1, std::memory_order_seq_cst);
+    if (header->waiters.load(std::memory_order_seq_cst) > 0) Futex(&header->futex, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+
+  bool AllAt(uint64_t rnd) const {
+    for (int q = 0; q < size; q++) {
+      if (ControlOf(q)->round.load(std::memory_order_acquire) < rnd) return false;
+    }
+    return true;
+  }
+
+  std::string Missing(uint64_t rnd) const {
+    std::ostringstream s;
+    bool first = true;
+    for (int q = 0; q < size; q++) {
+      if (ControlOf(q)->round.load(std::memory_order_acquire) < rnd) {
+        s << (first ? "" : ", ") << q;
+        first = false;
+      }
+    }
+    return s.str();
+  }
+
+  // Waits until every rank has published round `rnd`: a short spin, then futex sleeps of at most
+  // kLivenessPeriod, each followed by checks of the abort word, of the peers' liveness and of the deadline.
+  void WaitAll(uint64_t rnd, const char* what, Clock::time_point deadline) {
+    const auto spinUntil = Clock::now() + kSpin;
+    for (int i = 0;; i++) {
+      if (AllAt(rnd)) return;
+      TPKIT_PAUSE();
+      if ((i & 63) == 63 && Clock::now() >= spinUntil) break;
+    }
+    auto nextCheck = Clock::now() + kLivenessPeriod;
+    for (;;) {
+      header->waiters.fetch_add(1, std::memory_order_seq_cst);
+      const uint32_t seen = header->futex.load(std::memory_order_seq_cst);
+      if (AllAt(rnd)) {
+        header->waiters.fetch_sub(1, std::memory_order_seq_cst);
+        return;
+      }
+      const auto now = Clock::now();
+      const auto until = std::min(deadline, nextCheck);
+      if (until > now) {
+        const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - now).count();
+        struct timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+        Futex(&header->futex, FUTEX_WAIT, seen, &ts);
+      }
+      header->waiters.fetch_sub(1, std::memory_order_seq_cst);
+      if (AllAt(rnd)) return;
+      CheckHealthy(rnd, what);
+      const auto after = Clock::now();
+      if (after >= nextCheck) {
+        for (int q = 0; q < size; q++) {
+          if (q != rank && ControlOf(q)->round.load(std::memory_order_acquire) < rnd && !Alive(q)) {
+            throw CodedError{"PEER_LOST", std::string(what) + " on rank " + std::to_string(rank) +
+                                              " lost rank " + std::to_string(q) + " (in group) in shared memory: " +
+                                              "process " + std::to_string(pids[static_cast<size_t>(q)]) +
+                                              " has exited"};
+          }
+        }
+        nextCheck = after + kLivenessPeriod;
+      }
+      if (after >= deadline) {
+        throw CodedError{"TIMEOUT", std::string(what) + " on rank " + std::to_string(rank) +
+                                        " timed out in shared memory; ranks (in group) that did not arrive: [" +
+                                        Missing(rnd) + "]"};
+      }
+    }
+  }
+
+  void CheckHealthy(uint64_t rnd, const char* what) const {
+    const int32_t a = header->aborted.load(std::memory_order_acquire);
+    if (a != 0 && a - 1 != rank) {
+      throw CodedError{"PEER_LOST", std::string(what) + " on rank " + std::to_string(rank) + ": rank " +
+                                        std::to_string(a - 1) + " (in group) aborted the shared-memory group"};
+    }
+    if (localAbort) throw CodedError{"GROUP_DESTROYED", std::string(what) + " was aborted on rank " + std::to_string(rank)};
+  }
+
+  // One round: `fill` writes this rank's slot (of parity round % 2), then publish and wait for every rank.
+  // The first round of an op also carries its descriptor, checked on every rank (COLLECTIVE_MISMATCH names every
+  // rank's view; every rank ran exactly this one round, so the group stays usable).
+  template <typename Fill>
+  void Round(const Descriptor* desc, Fill fill, Clock::time_point deadline) {
+    const uint64_t rnd = ++round;
+    if (desc != nullptr) ControlOf(rank)->desc[rnd & 1] = *desc;
+    fill(Slot(rank, rnd));
+    Publish(rnd);
+    WaitAll(rnd, OpName(desc != nullptr ? desc->op : current), deadline);
+    if (desc == nullptr) return;
+    bool same = true;
+    for (int q = 0; q < size; q++) {
+      if (std::memcmp(&ControlOf(q)->desc[rnd & 1], desc, sizeof(Descriptor)) != 0) same = false;
+    }
+    if (!same) {
+      std::ostringstream s;
+      s << "collective mismatch at sequence number " << desc->seq << " (seen by rank " << rank << "): ";
+      for (int q = 0; q < size; q++) {
+        Descriptor d;
+        std::memcpy(&d, &ControlOf(q)->desc[rnd & 1], sizeof(Descriptor));
+        s << (q ? "; " : "") << "rank " << q << ": " << Describe(d);
+      }
+      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+    }
+  }
+  int64_t current = 0;  // the op running (for messages)
+};
+
+namespace {
+
+struct PendingGuard {
+  static void Enter(ShmState& s, Napi::Env env) {
+    if (s.pending++ == 0) s.tsfn.Ref(env);
+  }
+  static void Leave(ShmState& s, Napi::Env env) {
+    if (--s.pending == 0 && !s.stopping) s.tsfn.Unref(env);
+  }
+};
+
+Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::function<void()> run,
+                    std::initializer_list<Napi::Value> keep) {
+  auto* job = new ShmJob(env);
+  job->run = std::move(run);
+  for (const auto& v : keep) {
+    if (v.IsObject()) job->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+  }
+  Napi::Promise p = job->deferred.Promise();
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->stopping) {
+      job->deferred.Reject(MakeTpkitError(env, "GROUP_DESTROYED", "the process group was destroyed", "gloo").Value());
+      delete job;
+      return p;
+    }
+    PendingGuard::Enter(*s, env);
+    job->state = s.get();
+    s->queue.push_back(job);
+  }
+  s->cv.notify_one();
+  return p;
+}
+
+ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const ShmState& s) {
+  if (i < info.Length() && info[i].IsNumber()) return ms(IntArg(info, i, "timeoutMs", 1, int64_t{1} << 40));
+  return s.timeout;
+}
+
+std::string PathArg(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "Expected string for path");
+  return info[0].As<Napi::String>().Utf8Value();
+}
+
+Napi::Error SetupError(Napi::Env env, const std::string& message) {
+  return MakeTpkitError(env, "SHM_UNAVAILABLE", message, "gloo");
+}
+
+// The rank-order reduction of `n` floats at float offset `off` of every rank's slot of round `rnd` into `out`.
+void ReduceSlots(const ShmState& s, uint64_t rnd, int64_t redop, size_t off, size_t n, float* out) {
+  std::memcpy(out, s.Slot(0, rnd) + off, n * sizeof(float));
+  for (int q = 1; q < s.size; q++) ReduceInto(redop == 4 ? 0 : redop, out, s.Slot(q, rnd) + off, n);
+  if (redop == 4) {
+    const float inv = 1.0f / static_cast<float>(s.size);
+    for (size_t i = 0; i < n; i++) out[i] *= inv;
+  }
+}
+
+}  // namespace
+
+void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job) {
+  if (env != nullptr) {
+    try {
+      if (job->code.empty()) {
+        job->deferred.Resolve(env.Undefined());
+      } else {
+        job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
+      }
+    } catch (const Napi::Error&) {
+    }
+    if (job->state != nullptr) PendingGuard::Leave(*job->state, env);
+  }
+  delete job;
+}
+
+Napi::Function ShmComm::Init(Napi::Env env) {
+  return DefineClass(env, "ShmComm",
+                     {InstanceMethod("create", &ShmComm::Create),
+                      InstanceMethod("open", &ShmComm::Open),
+                      InstanceMethod("unlink", &ShmComm::Unlink),
+                      InstanceMethod("start", &ShmComm::Start),
+                      InstanceMethod("allReduce", &ShmComm::AllReduce),
+                      InstanceMethod("allGather", &ShmComm::AllGather),
+                      InstanceMethod("reduceScatter", &ShmComm::ReduceScatter),
+                      InstanceMethod("broadcast", &ShmComm::Broadcast),
+                      InstanceMethod("allToAll", &ShmComm::AllToAll),
+                      InstanceMethod("barrier", &ShmComm::Barrier),
+                      InstanceMethod("close", &ShmComm::Close),
+                      InstanceMethod("abort", &ShmComm::Abort)});
+}
+
+// new ShmComm(rank, size, timeoutMs)
+ShmComm::ShmComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShmComm>(info) {
+  Napi::Env env = info.Env();
+  auto s = std::make_shared<ShmState>();
+  s->size = static_cast<int>(IntArg(info, 1, "size", 1, kMaxRanks));
+  s->rank = static_cast<int>(IntArg(info, 0, "rank", 0, s->size - 1));
+  s->timeout = ms(IntArg(info, 2, "timeoutMs", 1, int64_t{1} << 40));
+  s->slotBytes = SlotBytesFor(s->size);
+  s->bytes = SegmentBytesFor(s->size);
+  s->tsfn = ShmTsfn::New(env, "tpkit.shm.complete", 0, 1, nullptr,
+                         [](Napi::Env, std::shared_ptr<ShmState>* st, std::nullptr_t*) {
+                           {
+                             std::lock_guard<std::mutex> lock((*st)->mu);
+                             (*st)->tsfnAlive = false;
+                           }
+                           delete st;
+                         },
+                         new std::shared_ptr<ShmState>(s));
+  s->tsfn.Unref(env);
+  ShmState* raw = s.get();
+  auto keep = s;
+  s->thread = std::thread([raw, keep]() { raw->Loop(); });
+  s->thread.detach();
+  state_ = std::move(s);
+}
+
+ShmComm::~ShmComm() {
+  if (state_) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    state_->stopping = true;
+    state_->cv.notify_all();
+  }
+}
+
+// create(path) → bytes: rank 0 creates the segment (O_EXCL, 0600), reserves its space and maps it.
+// Throws TpkitError SHM_UNAVAILABLE naming the path and the size (ENOSPC: /dev/shm is too small).
+Napi::Value ShmComm::Create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ShmState& s = *state_;
+  if (s.base != nullptr) throw Napi::Error::New(env, "segment already mapped");
+  const std::string path = PathArg(info);
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) throw SetupError(env, "cannot create shared-memory segment " + path + ": " + ErrnoText(errno));
+  auto fail = [&](const std::string& what, int err) {
+    close(fd);
+    unlink(path.c_str());
+    std::string msg = what + " " + path + " (" + std::to_string(s.bytes) + " bytes): " + ErrnoText(err);
+    struct statvfs v{};
+    const std::string dir = path.substr(0, path.find_last_of('/') + 1);
+    if (statvfs(dir.c_str(), &v) == 0) {
+      msg += "; " + dir + " has " + std::to_string(static_cast<uint64_t>(v.f_bavail) * v.f_frsize) + " bytes free";
+    }
+    throw SetupError(env, msg);
+  };
+  if (fchmod(fd, 0600) != 0) fail("cannot set the mode of", errno);
+  const int r = posix_fallocate(fd, 0, static_cast<off_t>(s.bytes));
+  if (r != 0) fail("cannot reserve the space of shared-memory segment", r);
+  void* p = mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) fail("cannot map shared-memory segment", errno);
+  close(fd);
+  s.base = static_cast<uint8_t*>(p);
+  s.header = reinterpret_cast<Header*>(s.base);
+  // The file is zero-filled: every round counter starts at 0 and no rank has aborted.
+  s.header->size = static_cast<uint64_t>(s.size);
+  s.header->slotBytes = s.slotBytes;
+  s.header->pid[s.rank] = static_cast<int32_t>(getpid());
+  std::atomic_thread_fence(std::memory_order_release);
+  s.header->magic = kMagic;
+  return Napi::Number::New(env, static_cast<double>(s.bytes));
+}
+
+// open(path): a rank other than 0 maps rank 0's segment after checking it is this user's, private, and sized
+// for this group; it then records its pid there.
+Napi::Value ShmComm::Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  ShmState& s = *state_;
+  if (s.base != nullptr) throw Napi::Error::New(env, "segment already mapped");
+  const std::string path = PathArg(info);
+  const int fd = open(path.c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+  if (fd < 0) throw SetupError(env, "cannot open shared-memory segment " + path + ": " + ErrnoText(errno));
+  struct stat st{};
+  if (fstat(fd, &st) != 0 || st.st_uid != getuid() || (st.st_mode & 077) != 0 ||
+      static_cast<size_t>(st.st_size) != s.bytes) {
+    close(fd);
+    throw SetupError(env, "shared-memory segment " + path + " is not this group's (owner, mode or size differ)");
+  }
+  void* p = mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (p == MAP_FAILED) throw SetupError(env, "cannot map shared-memory segment " + path + ": " + ErrnoText(err));
+  s.base = static_cast<uint8_t*>(p);
+  s.header = reinterpret_cast<Header*>(s.base);
+  std::atomic_thread_fence(std::memory_order_acquire);
+  if (s.header->magic != kMagic || s.header->size != static_cast<uint64_t>(s.size) ||
+      s.header->slotBytes != s.slotBytes) {
+    throw SetupError(env, "shared-memory segment " + path + " has an unexpected header");
+  }
+  s.header->pid[s.rank] = static_cast<int32_t>(getpid());
+  return Napi::Number::New(env, static_cast<double>(s.bytes));
+}
+
+// unlink(path): removes the segment's name (ENOENT is fine: another rank was first).
+Napi::Value ShmComm::Unlink(const Napi::CallbackInfo& info) {
+  const std::string path = PathArg(info);
+  return Napi::Boolean::New(info.Env(), unlink(path.c_str()) == 0);
+}
+
+// start(): every rank has mapped the segment (agreed through the store): read the peers' pids and open pidfds.
+Napi::Value ShmComm::Start(const Napi::CallbackInfo& info) {
+  ShmState& s = *state_;
+  if (s.base == nullptr) throw Napi::Error::New(info.Env(), "segment not mapped");
+  s.pids.assign(static_cast<size_t>(s.size), 0);
+  s.pidfds.assign(static_cast<size_t>(s.size), -1);
+  for (int q = 0; q < s.size; q++) {
+    s.pids[static_cast<size_t>(q)] = s.header->pid[q];
+    if (q != s.rank && s.pids[static_cast<size_t>(q)] > 0) s.pidfds[static_cast<size_t>(q)] = PidfdOpen(s.pids[static_cast<size_t>(q)]);
+  }
+  // Ordered before the first op through the queue's mutex.
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.started = true;
+  return info.Env().Undefined();
+}
+
+// allReduce(buf, count, redop, seq, dtype, timeoutMs?)
+Napi::Value ShmComm::AllReduce(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t redop = IntArg(info, 2, "redop", 0, 4);
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kAllReduce;
+    const Descriptor desc{seq, kAllReduce, dtype, count, -1, redop, -1};
+    const size_t n = static_cast<size_t>(count);
+    const size_t slot = s->SlotFloats();
+    if (n * sizeof(float) <= kOneRoundBytes) {
+      // One round: every rank copies in, then reduces every slot in rank order.
+      s->Round(&desc, [&](float* mine) { std::memcpy(mine, buf, n * sizeof(float)); }, deadline);
+      if (n > 0) ReduceSlots(*s, s->round, redop, 0, n, buf);
+      return;
+    }
+    // Per slot-sized chunk: reduce-scatter (rank r reduces part r of every slot), then all-gather the parts.
+    const size_t ranks = static_cast<size_t>(s->size);
+    const Descriptor* first = &desc;
+    for (size_t off = 0; off < n; off += slot) {
+      const size_t len = std::min(slot, n - off);
+      const size_t part = (len + ranks - 1) / ranks;
+      const size_t mineOff = std::min(len, part * static_cast<size_t>(s->rank));
+      const size_t mineLen = std::min(len, mineOff + part) - mineOff;
+      s->Round(first, [&](float* mine) { std::memcpy(mine, buf + off, len * sizeof(float)); }, deadline);
+      first = nullptr;
+      const uint64_t rs = s->round;
+      s->Round(nullptr, [&](float* mine) {
+        if (mineLen > 0) ReduceSlots(*s, rs, redop, mineOff, mineLen, mine);
+      }, deadline);
+      for (int q = 0; q < s->size; q++) {
+        const size_t qOff = std::min(len, part * static_cast<size_t>(q));
+        const size_t qLen = std::min(len, qOff + part) - qOff;
+        if (qLen > 0) std::memcpy(buf + off + qOff, s->Slot(q, s->round), qLen * sizeof(float));
+      }
+    }
+  }, {info[0]});
+}
+
+// allGather(input, output, count, seq, dtype, dim, timeoutMs?) — output rank-major
+Napi::Value ShmComm::AllGather(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
+  float* in = F32Data(info[0], static_cast<size_t>(count), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(count * s->size), "output");
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const int64_t dim = IntArg(info, 5, "dim", -1, 64);
+  const ms t = OpTimeout(info, 6, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kAllGather;
+    const Descriptor desc{seq, kAllGather, dtype, count, -1, -1, dim};
+    const size_t n = static_cast<size_t>(count);
+    const size_t slot = s->SlotFloats();
+    const Descriptor* first = &desc;
+    size_t off = 0;
+    do {
+      const size_t len = std::min(slot, n - off);
+      s->Round(first, [&](float* mine) { std::memcpy(mine, in + off, len * sizeof(float)); }, deadline);
+      first = nullptr;
+      for (int q = 0; q < s->size; q++) {
+        if (len > 0) std::memcpy(out + n * static_cast<size_t>(q) + off, s->Slot(q, s->round), len * sizeof(float));
+      }
+      off += len;
+    } while (off < n);
+  }, {info[0], info[1]});
+}
+
+// reduceScatter(work (size·chunk), output (chunk), chunk, redop, seq, dtype, dim, timeoutMs?) — rank r gets
+// chunk r of the rank-order reduction. Per round every rank writes piece `off` of each of its chunks.
+Napi::Value ShmComm::ReduceScatter(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t chunk = IntArg(info, 2, "chunk", 0, kMaxCount);
+  float* work = F32Data(info[0], static_cast<size_t>(chunk * s->size), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(chunk), "output");
+  const int64_t redop = IntArg(info, 3, "redop", 0, 4);
+  const int64_t seq = IntArg(info, 4, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 5, "dtype", 0, 2);
+  const int64_t dim = IntArg(info, 6, "dim", -1, 64);
+  const ms t = OpTimeout(info, 7, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kReduceScatter;
+    const Descriptor desc{seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim};
+    const size_t c = static_cast<size_t>(chunk);
+    const size_t ranks = static_cast<size_t>(s->size);
+    const size_t piece = s->SlotFloats() / ranks;
+    const Descriptor* first = &desc;
+    size_t off = 0;
+    do {
+      const size_t len = std::min(piece, c - off);
+      s->Round(first, [&](float* mine) {
+        for (size_t q = 0; q < ranks; q++) std::memcpy(mine + q * len, work + q * c + off, len * sizeof(float));
+      }, deadline);
+      first = nullptr;
+      if (len > 0) ReduceSlots(*s, s->round, redop, static_cast<size_t>(s->rank) * len, len, out + off);
+      off += len;
+    } while (off < c);
+  }, {info[0], info[1]});
+}
+
+// broadcast(buf, count, root, seq, dtype, timeoutMs?)
+Napi::Value ShmComm::Broadcast(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t root = IntArg(info, 2, "root", 0, s->size - 1);
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kBroadcast;
+    const Descriptor desc{seq, kBroadcast, dtype, count, root, -1, -1};
+    const size_t n = static_cast<size_t>(count);
+    const size_t slot = s->SlotFloats();
+    const bool isRoot = s->rank == root;
+    const Descriptor* first = &desc;
+    size_t off = 0;
+    do {
+      const size_t len = std::min(slot, n - off);
+      s->Round(first, [&](float* mine) {
+        if (isRoot) std::memcpy(mine, buf + off, len * sizeof(float));
+      }, deadline);
+      first = nullptr;
+      if (!isRoot && len > 0) std::memcpy(buf + off, s->Slot(static_cast<int>(root), s->round), len * sizeof(float));
+      off += len;
+    } while (off < n);
+  }, {info[0]});
+}
+
+// allToAll(input, output, count (per rank, divisible by size), seq, dtype, timeoutMs?)
+Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
+  if (count % s->size != 0) throw Napi::RangeError::New(info.Env(), "all_to_all count must be divisible by the group size");
+  float* in = F32Data(info[0], static_cast<size_t>(count), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(count), "output");
+  const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 5, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kAllToAll;
+    const Descriptor desc{seq, kAllToAll, dtype, count, -1, -1, 0};
+    const size_t ranks = static_cast<size_t>(s->size);
+    const size_t c = static_cast<size_t>(count) / ranks;
+    const size_t piece = s->SlotFloats() / ranks;
+    const Descriptor* first = &desc;
+    size_t off = 0;
+    do {
+      const size_t len = std::min(piece, c - off);
+      s->Round(first, [&](float* mine) {
+        for (size_t q = 0; q < ranks; q++) std::memcpy(mine + q * len, in + q * c + off, len * sizeof(float));
+      }, deadline);
+      first = nullptr;
+      for (size_t q = 0; q < ranks && len > 0; q++) {
+        std::memcpy(out + q * c + off, s->Slot(static_cast<int>(q), s->round) + static_cast<size_t>(s->rank) * len,
+                    len * sizeof(float));
+      }
+      off += len;
+    } while (off < c);
+  }, {info[0], info[1]});
+}
+
+// barrier(seq, timeoutMs?)
+Napi::Value ShmComm::Barrier(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int64_t seq = IntArg(info, 0, "seq", 0, int64_t{1} << 31);
+  const ms t = OpTimeout(info, 1, *s);
+  return Enqueue(info.Env(), s, [=]() {
+    s->current = kBarrier;
+    const Descriptor desc{seq, kBarrier, 0, 0, -1, -1, -1};
+    s->Round(&desc, [](float*) {}, Clock::now() + t);
+  }, {});
+}
+
+// close(): queued ops reject with GROUP_DESTROYED; the mapping goes with the last reference to the state.
+Napi::Value ShmComm::Close(const Napi::CallbackInfo& info) {
+  ShmState& s = *state_;
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
+    s.stopping = true;
+  }
+  s.cv.notify_all();
+  return info.Env().Undefined();
+}
+
+// abort(): close() for a broken group, plus the segment's abort word, so that peers waiting on this rank fail at
+// once (PEER_LOST naming it) instead of at their timeout; a wait of this rank's own ends too.
+Napi::Value ShmComm::Abort(const Napi::CallbackInfo& info) {
+  ShmState& s = *state_;
+  s.localAbort = true;
+  if (s.header != nullptr) {
+    int32_t none = 0;
+    s.header->aborted.compare_exchange_strong(none, s.rank + 1);
+    s.header->futex.fetch_add(1, std::memory_order_seq_cst);
+    Futex(&s.header->futex, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+  return Close(info);
+}
+
+}  // namespace tpkit
