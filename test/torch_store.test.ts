@@ -364,7 +364,7 @@ function findTorchPython(): { python?: string; reason: string } {
 const torch = findTorchPython();
 const torchrun = spawnSync('sh', ['-c', 'command -v torchrun'], { encoding: 'utf8' }).stdout.trim();
 
-(torch.python ? test : test.skip)(`the real torch TCPStore: keys set in Python are read here and back (${torch.reason})`, async (t) => {
+(torch.python ? test.serial : test.skip)(`the real torch TCPStore: keys set in Python are read here and back (${torch.reason})`, async (t) => {
   const script = [
     'import datetime, sys, torch.distributed as d',
     's = d.TCPStore("127.0.0.1", 0, 1, True, datetime.timedelta(seconds=20), wait_for_workers=False)',
@@ -395,7 +395,7 @@ const torchrun = spawnSync('sh', ['-c', 'command -v torchrun'], { encoding: 'utf
   t.is(last, 'hello from tpkit 15', err);
 });
 
-(torch.python && torchrun ? test : test.skip)(`torchrun --no-python node: two tpkit ranks meet in torchrun's agent store (${torchrun ? torch.reason : 'torchrun not found'})`, async (t) => {
+(torch.python && torchrun ? test.serial : test.skip)(`torchrun --no-python node: two tpkit ranks meet in torchrun's agent store (${torchrun ? torch.reason : 'torchrun not found'})`, async (t) => {
   const fixture = path.join(__dirname, 'fixtures', 'launch_torchrun.js');
   const probe = net.createServer();
   await new Promise<void>((r) => probe.listen(0, HOST, r));
