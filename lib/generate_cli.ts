@@ -223,13 +223,18 @@ function parseFlags(argv: string[]): GenerateFlags {
   const ep = f.ep as number;
   if (ep > 1) {
     let moe = false;
+    let experts: unknown;
     try {
       const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
       moe = Array.isArray(cfg.architectures) && cfg.architectures[0] === 'MixtralForCausalLM';
+      experts = cfg.num_local_experts;
     } catch {
       // the model load reports a malformed config.json
     }
     if (!moe) throw new UsageError(`error: --ep ${ep} needs a mixture-of-experts model (MixtralForCausalLM); ${dir} is not one`);
+    if (typeof experts === 'number' && Number.isInteger(experts) && experts % ep !== 0) {
+      throw new UsageError(`error: --ep ${ep} must divide the model's num_local_experts ${experts}`);
+    }
     if (tp % ep !== 0 && ep % tp !== 0) throw new UsageError(`error: --ep ${ep} must divide --tp ${tp} or be a multiple of it`);
     if (ep > tp && (f.pp as number) > 1) throw new UsageError(`error: --ep ${ep} above --tp ${tp} adds data-parallel replicas, which need --pp 1`);
   }
