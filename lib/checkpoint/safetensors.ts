@@ -24,7 +24,7 @@
  * @module
  */
 
-import { promises as fsp } from 'node:fs';
+import { constants as fsConstants, promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { endianness } from 'node:os';
 
@@ -97,6 +97,46 @@ const READ_CONCURRENCY = 4;
 /** Staging buffer of {@link SafetensorsFile.readSliceAsFloat32} (bytes). */
 const STAGE_BYTES = 4 << 20;
 
+/**
+ * Deepest nesting of objects/arrays a header may have: a real one nests 3 levels (header → entry → shape); a
+ * hostile one nested 10^5 deep overflows the stack of JSON.parse and of everything that walks the result.
+ */
+const MAX_HEADER_DEPTH = 64;
+
+/** The deepest `{`/`[` nesting of a JSON text (brackets inside strings ignored); stops counting past the limit. */
+function nestingDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  let inString = false;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped character
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) {
+      inString = true;
+    } else if (c === 0x7b || c === 0x5b) {
+      if (++depth > max) {
+        max = depth;
+        if (max > MAX_HEADER_DEPTH) return max;
+      }
+    } else if (c === 0x7d || c === 0x5d) {
+      depth--;
+    }
+  }
+  return max;
+}
+
+/** What kind of file system object a non-regular file is, for an error message. */
+function fileKind(st: import('node:fs').Stats): string {
+  if (st.isDirectory()) return 'a directory';
+  if (st.isFIFO()) return 'a FIFO';
+  if (st.isSocket()) return 'a socket';
+  if (st.isCharacterDevice()) return 'a character device';
+  if (st.isBlockDevice()) return 'a block device';
+  return 'not a regular file';
+}
+
 interface Entry {
   info: TensorInfo;
   /** Absolute file offset of the first byte of the tensor's data. */
@@ -137,7 +177,8 @@ function parseEntry(path: string, name: string, raw: unknown, dataLen: number): 
   }
   const { dtype, shape, data_offsets: offsets } = e;
   if (typeof dtype !== 'string') throw invalid(path, `dtype of ${where} is ${describe(dtype)}, expected a string`);
-  const bits = DTYPE_BITS[dtype];
+  // Own keys only: a dtype such as 'toString' or '__proto__' must not find Object.prototype's members.
+  const bits = Object.hasOwn(DTYPE_BITS, dtype) ? DTYPE_BITS[dtype] : undefined;
   if (bits === undefined) {
     throw invalid(path, `dtype of ${where} is '${dtype}', not a safetensors dtype (${Object.keys(DTYPE_BITS).join(', ')})`);
   }
@@ -234,13 +275,19 @@ export class SafetensorsFile {
    *   wrong types, an unknown dtype, or a negative / non-integer dimension; offsets end before they begin or
    *   beyond the data buffer; a byte length differs from `product(shape) * itemsize`; or the entries, sorted
    *   by begin, do not tile the data buffer exactly (a hole or an overlap)
+   * @throws TpkitError `CHECKPOINT_INVALID` also for a path that is not a regular file (a FIFO, a directory, a device:
+   *   refused without reading, never waited on) and for a header nested deeper than 64 levels
    * @throws the `fs` error (`ENOENT`, `EACCES`, …) when the file cannot be opened
    */
   static async open(path: string): Promise<SafetensorsFile> {
     if (typeof path !== 'string') throw typeError('non-empty string', 'path', path);
     if (path.length === 0) throw new RangeError(`Expected non-empty string for path but received ${describe(path)}`);
-    const fh = await fsp.open(path, 'r');
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever (on a regular file the
+    // flag changes nothing); anything but a regular file is then refused before a byte is read.
+    const fh = await fsp.open(path, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
     try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw invalid(path, `not a regular file (${fileKind(st)})`);
       const { metadata, entries } = await SafetensorsFile.#parseHeader(path, fh);
       return new SafetensorsFile(path, fh, metadata, entries);
     } catch (err) {
@@ -276,6 +323,9 @@ export class SafetensorsFile {
     } catch (cause) {
       throw new TpkitError('CHECKPOINT_INVALID', `Invalid safetensors file ${path}: header is not valid UTF-8`, { cause });
     }
+    if (nestingDepth(text) > MAX_HEADER_DEPTH) {
+      throw invalid(path, `header nests deeper than ${MAX_HEADER_DEPTH} levels`);
+    }
     let header: unknown;
     try {
       header = JSON.parse(text);
@@ -299,7 +349,8 @@ export class SafetensorsFile {
         }
         for (const [k, v] of Object.entries(raw as Record<string, unknown>)) {
           if (typeof v !== 'string') throw invalid(path, `__metadata__ value for '${k}' is ${describe(v)}, expected a string`);
-          metadata[k] = v;
+          // defineProperty: an assignment to a key '__proto__' would set the prototype instead of the key.
+          Object.defineProperty(metadata, k, { value: v, enumerable: true, writable: true, configurable: true });
         }
         continue;
       }

@@ -11,7 +11,7 @@ import type { ProcessGroup } from '../distributed/process_group';
 import * as parallelState from '../parallel_state';
 import { Tensor, TensorOptions, checkTensor, formatShape, parseDType, parseDevice } from '../tensor';
 import type { DType, Device } from '../tensor';
-import type { SafetensorsFile } from '../checkpoint/safetensors';
+import { SafetensorsFile } from '../checkpoint/safetensors';
 import { adoptRaw } from '../checkpoint/load';
 import { adoptFloat32, hostFloat32 } from '../backend/cpu';
 import { optionalBoolean, options, typeError } from '../validate';
@@ -115,6 +115,12 @@ export async function readShard(file: SafetensorsFile, name: string, expected: r
   }
   const raw = spec.length === expected[spec.dim] ? await file.read(name) : await file.readSlice(name, spec.dim, spec.start, spec.length);
   return adoptRaw(raw);
+}
+
+/** @internal Throws a TypeError unless `file` is an open {@link SafetensorsFile} (`loadWeightFrom`'s first argument). */
+export function checkFile(file: unknown): SafetensorsFile {
+  if (!(file instanceof SafetensorsFile)) throw typeError('SafetensorsFile', 'file', file);
+  return file;
 }
 
 /** @internal Throws TpkitError `NOT_INITIALIZED` for a parameter that was never loaded. */

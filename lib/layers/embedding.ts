@@ -11,7 +11,7 @@ import { TpkitError } from '../errors';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
 import { nonEmptyString, positiveInteger, typeError } from '../validate';
-import { LayerOptions, Parallel, divide, layerOptions, loaded, readShard, resolveParallel, toParam } from './common';
+import { LayerOptions, Parallel, checkFile, divide, layerOptions, loaded, readShard, resolveParallel, toParam } from './common';
 import { cat } from '../ops';
 import type { ProcessGroup } from '../distributed/process_group';
 
@@ -101,9 +101,13 @@ export class VocabParallelEmbedding {
     await this.#set(count > 0 ? fullWeight.narrow(0, start, count) : null);
   }
 
-  /** Reads only this rank's rows of table `name` from a safetensors file. @throws RangeError for a wrong shape */
+  /**
+   * Reads only this rank's rows of table `name` from a safetensors file.
+   * @throws TypeError when `file` is not a SafetensorsFile; RangeError for a wrong shape
+   */
   async loadWeightFrom(file: SafetensorsFile, name: string): Promise<void> {
     this.#alive();
+    checkFile(file);
     nonEmptyString(name, 'name');
     const { start, count } = this.#range;
     const rows = count > 0 ? await readShard(file, name, [this.numEmbeddings, this.embeddingDim], { dim: 0, start, length: count }, this.#p) : null;

@@ -20,7 +20,7 @@ import { cat, linear } from '../ops';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
 import { nonEmptyString, oneOf, positiveInteger, integerInRange, typeError } from '../validate';
-import { LayerOptions, Parallel, ShardSpec, divide, flag, layerOptions, loaded, readShard, resolveParallel, shardOf, toParam } from './common';
+import { LayerOptions, Parallel, ShardSpec, checkFile, divide, flag, layerOptions, loaded, readShard, resolveParallel, shardOf, toParam } from './common';
 
 /** Output of a forward with `skipBiasAdd`: the bias is returned for the caller to fuse. */
 export interface OutputWithBias {
@@ -142,10 +142,12 @@ abstract class LinearBase {
    * Reads only this rank's shard of weight `name` from a safetensors file (row range: one positioned read;
    * column range: strided reads), so the full weight is never in memory.
    *
-   * @throws RangeError when the stored shape differs; TpkitError `CHECKPOINT_INVALID` for a malformed file
+   * @throws TypeError when `file` is not a SafetensorsFile; RangeError when the stored shape differs; TpkitError
+   *   `CHECKPOINT_INVALID` for a malformed file
    */
   async loadWeightFrom(file: SafetensorsFile, name: string, shardId?: number | string): Promise<void> {
     this.#alive();
+    checkFile(file);
     nonEmptyString(name, 'name');
     const idx = this.partIndex(shardId);
     if (idx === undefined) throw typeError("a shard id (fused checkpoints: read with loadWeight)", 'shardId', shardId);
@@ -156,6 +158,7 @@ abstract class LinearBase {
   /** Like {@link loadWeightFrom} for the bias. @throws as loadWeightFrom, TpkitError `UNSUPPORTED` without a bias */
   async loadBiasFrom(file: SafetensorsFile, name: string, shardId?: number | string): Promise<void> {
     this.#alive();
+    checkFile(file);
     nonEmptyString(name, 'name');
     if (!this.hasBias) throw new TpkitError('UNSUPPORTED', `${this.constructor.name} was created with bias: false`);
     const idx = this.partIndex(shardId);
