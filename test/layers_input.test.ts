@@ -91,7 +91,7 @@ const ASYNC: Case[] = [
   ['Embedding fractional id', async () => { const e = new VocabParallelEmbedding(10, 2); await e.loadWeight(Tensor.zeros([10, 2])); return e.forward([1.5]); }, { instanceOf: RangeError, message: 'Expected token id in [0, 10) for ids[0] but received 1.5' }],
   ['Embedding ids shape mismatch', async () => { const e = new VocabParallelEmbedding(10, 2); await e.loadWeight(Tensor.zeros([10, 2])); return e.forward([1, 2, 3], [2, 2]); }, { instanceOf: RangeError, message: 'Expected 4 ids for shape [2, 2] but received 3' }],
   ['Embedding ids not array', async () => { const e = new VocabParallelEmbedding(10, 2); await e.loadWeight(Tensor.zeros([10, 2])); return e.forward(5 as never); }, { instanceOf: TypeError, message: 'Expected array of token ids for ids but received 5 of type number' }],
-  ['loadWeightFrom empty name', () => new ColumnParallelLinear(3, 4).loadWeightFrom({} as never, ''), { instanceOf: RangeError, message: 'Expected non-empty string for name but received  of type string' }],
+  ['loadWeightFrom not a SafetensorsFile', () => new ColumnParallelLinear(3, 4).loadWeightFrom({} as never, ''), { instanceOf: TypeError, message: 'Expected SafetensorsFile for file but received [object Object] of type object' }],
   ['initializeModelParallel tp 0', () => parallelState.initializeModelParallel({ tensorParallelSize: 0 }), { instanceOf: RangeError, message: 'Expected positive integer for tensorParallelSize but received 0 of type number' }],
   ['initializeModelParallel pp string', () => parallelState.initializeModelParallel({ tensorParallelSize: 1, pipelineParallelSize: 'x' as never }), { instanceOf: TypeError, message: 'Expected positive integer for pipelineParallelSize but received x of type string' }],
 ];
