@@ -165,6 +165,54 @@ export class NcclCommunicator implements Communicator {
     return Tensor._wrap(out, t.shape);
   }
 
+  /**
+   * Uneven all-to-all (torch's `all_to_all_single` with split sizes): `inputSplits[j]` rows of `t` go to rank j,
+   * `outputSplits[i]` rows arrive from rank i. NCCL has no consistency check of its own, so every rank first
+   * all-gathers its split sizes (one small all-gather) and checks that rank i's input split for j equals rank
+   * j's output split for i; a mismatch rejects on every rank with `COLLECTIVE_MISMATCH` before any row moves
+   * (the communicator stays usable). The rows then travel as one grouped send/receive per peer.
+   */
+  async allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
+    const n = this.size;
+    const mine = Tensor.from([...inputSplits, ...outputSplits], [2 * n], { device: t.device });
+    let table: Float32Array;
+    try {
+      const all = await this.allGather(mine, 0, ctx);
+      table = await all.toFloat32Array();
+      all.dispose();
+    } finally {
+      mine.dispose();
+    }
+    for (let i = 0; i < n; i++) {
+      for (let j = 0; j < n; j++) {
+        const sends = table[i * 2 * n + j]!;
+        const expects = table[j * 2 * n + n + i]!;
+        if (sends !== expects) {
+          throw new TpkitError(
+            'COLLECTIVE_MISMATCH',
+            `allToAll with split sizes on rank ${this.rank} (nccl): rank ${i} sends ${sends} rows to rank ${j}, which expects ${expects}`,
+            { backend: 'nccl', details: { op: 'allToAll', seq: ctx.seq } },
+          );
+        }
+      }
+    }
+    const input = this.#buffer(t, 't');
+    const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    const outRows = outputSplits.reduce((a, b) => a + b, 0);
+    const out = allocCuda(this.deviceIndex, t.dtype, Math.max(1, outRows * rowElems));
+    try {
+      await this.#native.allToAllV(input, out.buffer, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.timeoutMs);
+    } catch (e) {
+      out.free();
+      throw e;
+    }
+    const result = Tensor._wrap(out, [outRows * rowElems === 0 ? 1 : outRows, ...t.shape.slice(1)]);
+    if (outRows * rowElems !== 0) return result;
+    const empty = result.narrow(0, 0, 0);
+    result.dispose();
+    return empty;
+  }
+
   /** A one-element all-reduce; resolves when it completed on this rank's stream. */
   async barrier(ctx: OpContext): Promise<void> {
     await this.#native.barrier(ctx.timeoutMs);

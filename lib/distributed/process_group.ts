@@ -302,7 +302,8 @@ export class ProcessGroup {
    * equal split of `t.shape[0]`. Rank i's `outputSplitSizes[j]` must equal rank j's `inputSplitSizes[i]`: the
    * ranks check it before any data moves (with `TPKIT_CHECK` on), and a disagreement rejects with
    * `COLLECTIVE_MISMATCH` on every rank, leaving the group usable. Used for MoE token dispatch (`FusedMoE`).
-   * The `gloo` backend has it (Gloo's alltoallv); the `nccl` backend does not yet (`UNSUPPORTED`).
+   * On `gloo` the data move with Gloo's alltoallv; on `nccl` the ranks all-gather their split sizes first (NCCL
+   * has no descriptor exchange) and the rows travel as grouped ncclSend/ncclRecv (written, not yet run on a GPU).
    *
    * @param opts.inputSplitSizes - rows sent to each rank: `size` non-negative integers summing to `t.shape[0]`
    * @param opts.outputSplitSizes - rows received from each rank: `size` non-negative integers
@@ -334,10 +335,10 @@ export class ProcessGroup {
         this.callCounts.allToAll++;
         throw new TpkitError('COLLECTIVE_MISMATCH', `allToAll on rank 0 of process group [${this.ranks.join(', ')}] (${this.backend}): rank 0 expects ${outSplits[0]} rows from rank 0, which sends ${inSplits[0]}`, { backend: this.backend, details: { op: 'allToAll', seq: -1 } });
       }
-      if (size > 1 && this.backend !== 'gloo') {
-        throw new TpkitError('UNSUPPORTED', `allToAll with split sizes is not supported by the ${this.backend} backend yet (use the gloo backend)`, { backend: this.backend });
-      }
-      return this.#collective('allToAll', timeoutMs, (comm, ctx) => comm.allToAllV!(t, inSplits, outSplits, ctx), () => t.narrow(0, 0, rows));
+      return this.#collective('allToAll', timeoutMs, (comm, ctx) => {
+        if (!comm.allToAllV) throw new TpkitError('UNSUPPORTED', `allToAll with split sizes is not supported by the ${this.backend} backend`, { backend: this.backend });
+        return comm.allToAllV(t, inSplits, outSplits, ctx);
+      }, () => t.narrow(0, 0, rows));
     }
     if (t.ndim === 0 || t.shape[0]! % size !== 0) {
       throw new RangeError(`allToAll: dim 0 of shape ${formatShape(t.shape)} is not divisible by group size ${size}`);

@@ -53,6 +53,8 @@ export interface NativeNcclComm {
   broadcast(buf: NativeDeviceBuffer, root: number, timeoutMs?: number): Promise<void>;
   /** `ncclAlltoAll`: chunk j of `input` goes to rank j; chunk i of `output` comes from rank i. */
   allToAll(input: NativeDeviceBuffer, output: NativeDeviceBuffer, timeoutMs?: number): Promise<void>;
+  /** Uneven all-to-all: rows of `rowElems` elements, `inputSplits[j]` rows to rank j, `outputSplits[i]` rows from rank i. */
+  allToAllV(input: NativeDeviceBuffer, output: NativeDeviceBuffer, rowElems: number, inputSplits: number[], outputSplits: number[], timeoutMs?: number): Promise<void>;
   /** A one-element all-reduce, settled when it completed on the stream. */
   barrier(timeoutMs?: number): Promise<void>;
   /** `ncclSend` of the whole buffer to rank `dst` (≠ this rank). */

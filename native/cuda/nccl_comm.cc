@@ -416,6 +416,7 @@ Napi::Function NcclComm::Init(Napi::Env env) {
                       InstanceMethod("reduceScatter", &NcclComm::ReduceScatter),
                       InstanceMethod("broadcast", &NcclComm::Broadcast),
                       InstanceMethod("allToAll", &NcclComm::AllToAll),
+                      InstanceMethod("allToAllV", &NcclComm::AllToAllV),
                       InstanceMethod("barrier", &NcclComm::Barrier),
                       InstanceMethod("send", &NcclComm::Send),
                       InstanceMethod("recv", &NcclComm::Recv),
@@ -618,6 +619,70 @@ Napi::Value NcclComm::AllToAll(const Napi::CallbackInfo& info) {
     st.Check(ncclGroupEnd(), j);  // always closes the group, even after a failed send/recv
     st.Check(queued, j);
 #endif
+  };
+  return Enqueue(env, s, job);
+}
+
+namespace {
+// splits[i] of a JS array of `n` non-negative integers (row counts).
+std::vector<size_t> RowSplits(const Napi::CallbackInfo& info, size_t i, const char* name, int n) {
+  Napi::Env env = info.Env();
+  if (i >= info.Length() || !info[i].IsArray()) throw Napi::TypeError::New(env, std::string("Expected array for ") + name);
+  auto a = info[i].As<Napi::Array>();
+  if (a.Length() != static_cast<uint32_t>(n)) {
+    throw Napi::RangeError::New(env, std::string("Expected ") + std::to_string(n) + " entries for " + name);
+  }
+  std::vector<size_t> out(static_cast<size_t>(n));
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0.0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > 9.0e15) {
+      throw Napi::RangeError::New(env, std::string("Expected non-negative integers for ") + name);
+    }
+    out[k] = static_cast<size_t>(d);
+  }
+  return out;
+}
+}  // namespace
+
+// allToAllV(input, output, rowElems, inputSplits, outputSplits, timeoutMs?) — rows [Σ_{<j} in_j, +in_j) of input
+// go to rank j; output rows [Σ_{<i} out_i, +out_i) come from rank i (torch's all_to_all_single with split sizes).
+// One send and one receive per peer with a non-empty share, fused in one NCCL group. The split sizes of every
+// rank were checked against each other before (nccl.ts), so the pairs always match.
+Napi::Value NcclComm::AllToAllV(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto s = state_;
+  DeviceBuffer* in = CommBuffer(info, 0, "input", *s);
+  DeviceBuffer* out = CommBuffer(info, 1, "output", *s);
+  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "all_to_all_v: input and output dtypes differ");
+  const size_t rowElems = static_cast<size_t>(IntArg(info, 2, "rowElems", 0, int64_t{1} << 40));
+  const std::vector<size_t> inSplits = RowSplits(info, 3, "inputSplits", s->size);
+  const std::vector<size_t> outSplits = RowSplits(info, 4, "outputSplits", s->size);
+  size_t inRows = 0, outRows = 0;
+  for (size_t v : inSplits) inRows += v;
+  for (size_t v : outSplits) outRows += v;
+  if (in->numel() < inRows * rowElems || out->numel() < outRows * rowElems) {
+    throw Napi::RangeError::New(env, "all_to_all_v: the split sizes exceed the input or output buffer");
+  }
+  auto* job = NewJob(env, "all_to_all_v", TimeoutArg(info, 5, *s), {{info[0], in}, {info[1], out}});
+  const char* pi = static_cast<const char*>(in->data());
+  char* po = static_cast<char*>(out->data());
+  const ncclDataType_t t = NcclType(in->dtype());
+  const size_t rowBytes = rowElems * ItemSize(in->dtype());
+  job->run = [pi, po, t, rowElems, rowBytes, inSplits, outSplits](NcclState& st, NcclJob& j) {
+    const ncclResult_t started = ncclGroupStart();
+    if (started != ncclSuccess) st.Check(started, j);
+    ncclResult_t queued = ncclSuccess;
+    size_t inOff = 0, outOff = 0;
+    for (int p = 0; p < st.size && queued == ncclSuccess; p++) {
+      const size_t ni = inSplits[static_cast<size_t>(p)], no = outSplits[static_cast<size_t>(p)];
+      if (ni > 0) queued = ncclSend(pi + inOff * rowBytes, ni * rowElems, t, p, st.comm, st.dev->stream);
+      if (queued == ncclSuccess && no > 0) queued = ncclRecv(po + outOff * rowBytes, no * rowElems, t, p, st.comm, st.dev->stream);
+      inOff += ni;
+      outOff += no;
+    }
+    st.Check(ncclGroupEnd(), j);  // always closes the group, even after a failed send/recv
+    st.Check(queued, j);
   };
   return Enqueue(env, s, job);
 }

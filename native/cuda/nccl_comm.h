@@ -35,6 +35,7 @@ class NcclComm : public Napi::ObjectWrap<NcclComm> {
   Napi::Value ReduceScatter(const Napi::CallbackInfo& info);
   Napi::Value Broadcast(const Napi::CallbackInfo& info);
   Napi::Value AllToAll(const Napi::CallbackInfo& info);
+  Napi::Value AllToAllV(const Napi::CallbackInfo& info);
   Napi::Value Barrier(const Napi::CallbackInfo& info);
   Napi::Value Send(const Napi::CallbackInfo& info);
   Napi::Value Recv(const Napi::CallbackInfo& info);
