@@ -184,7 +184,8 @@ export async function add(a: Tensor, b: Tensor): Promise<Tensor> {
 export function cat(parts: readonly Tensor[], dim: number): Tensor {
   if (!Array.isArray(parts) || parts.length === 0) throw new TypeError('Expected non-empty array of Tensors for parts');
   const first = checkTensor(parts[0], 'parts[0]');
-  const d = dimIndex(dim, Math.max(1, first.ndim));
+  if (first.ndim === 0) throw new RangeError(`cat needs tensors of at least one dimension but parts[0] has shape ${formatShape(first.shape)}`);
+  const d = dimIndex(dim, first.ndim);
   parts.forEach((p, i) => {
     checkTensor(p, `parts[${i}]`);
     sameDevice(first, p, 'cat');

@@ -11,7 +11,7 @@
 import { TpkitError } from './errors';
 import { cpuOps } from './backend/cpu';
 import { DType, Device, DeviceOps, ITEM_SIZE, Storage } from './backend/types';
-import { dimIndex, nonNegativeInteger, options, rangeError, shape as checkShape, typeError } from './validate';
+import { dimIndex, finiteNumber, nonNegativeInteger, options, rangeError, shape as checkShape, typeError } from './validate';
 
 export type { DType, Device } from './backend/types';
 
@@ -142,6 +142,7 @@ export class Tensor {
       throw typeError('array or typed array of numbers', 'data', data);
     }
     const n = product(s);
+    if (n > MAX_NUMEL) throw rangeError(`at most ${MAX_NUMEL} elements`, 'shape', shape);
     if (data.length !== n) {
       throw new RangeError(`Expected ${n} elements for data of shape ${formatShape(s)} but received ${data.length}`);
     }
@@ -179,7 +180,13 @@ export class Tensor {
     return Tensor.#allocate(shape, opts, 'zeros');
   }
 
-  /** An uninitialised tensor (zeros on the host). @throws TypeError / RangeError for a bad shape, dtype or device */
+  /**
+   * An uninitialised tensor, as `torch.empty`: its contents are unspecified — on the host it may reuse the buffer of
+   * a disposed tensor of the same size (the host pool) and hold that tensor's old values. Use it only for a tensor
+   * that is written in full before it is read (a `recv` buffer, an output); {@link Tensor.zeros} for zeros.
+   *
+   * @throws TypeError / RangeError for a bad shape, dtype or device
+   */
   static empty(shape: readonly number[], opts?: TensorOptions): Tensor {
     return Tensor.#allocate(shape, opts, 'empty');
   }
@@ -194,12 +201,19 @@ export class Tensor {
     return Tensor._wrap(opsFor(device)[how](n, dtype, device), s);
   }
 
-  /** `[0, 1, …, n-1]` reshaped to `shape` and multiplied by `scale` (test inputs each rank can predict). */
+  /**
+   * `(i + offset) * scale` for i = 0, 1, …, n−1, reshaped to `shape` (test inputs each rank can predict).
+   *
+   * @param opts.scale - finite number (default 1); `opts.offset` - finite number (default 0)
+   * @throws TypeError / RangeError for a bad shape (more than 2^32 elements included), scale, offset, dtype or device
+   */
   static arange(shape: readonly number[], opts?: TensorOptions & { scale?: number; offset?: number }): Tensor {
     const s = checkShape(shape);
     const n = product(s);
-    const scale = opts?.scale ?? 1;
-    const offset = opts?.offset ?? 0;
+    if (n > MAX_NUMEL) throw rangeError(`at most ${MAX_NUMEL} elements`, 'shape', shape);
+    const o = options<TensorOptions & { scale?: number; offset?: number }>(opts, 'options');
+    const scale = o.scale === undefined ? 1 : finiteNumber(o.scale, 'scale');
+    const offset = o.offset === undefined ? 0 : finiteNumber(o.offset, 'offset');
     const data = new Float32Array(n);
     for (let i = 0; i < n; i++) data[i] = (i + offset) * scale;
     return Tensor.from(data, s, opts);

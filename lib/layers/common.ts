@@ -7,7 +7,7 @@
  * @internal
  */
 import { TpkitError } from '../errors';
-import type { ProcessGroup } from '../distributed/process_group';
+import { ProcessGroup } from '../distributed/process_group';
 import * as parallelState from '../parallel_state';
 import { Tensor, TensorOptions, checkTensor, formatShape, parseDType, parseDevice } from '../tensor';
 import type { DType, Device } from '../tensor';
@@ -51,7 +51,7 @@ export function resolveParallel(opts: LayerOptions): Parallel {
   const device = parseDevice(opts.device);
   let group: ProcessGroup | null = null;
   if (opts.group !== undefined) {
-    if (opts.group === null || typeof opts.group !== 'object' || typeof (opts.group as ProcessGroup).allReduce !== 'function') {
+    if (!(opts.group instanceof ProcessGroup)) {
       throw typeError('ProcessGroup', 'group', opts.group);
     }
     group = opts.group;

@@ -10,7 +10,7 @@
 import { TpkitError } from '../errors';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
-import { nonEmptyString, positiveInteger, typeError } from '../validate';
+import { nonEmptyString, positiveInteger, shape as checkShape, typeError } from '../validate';
 import { LayerOptions, Parallel, checkFile, divide, layerOptions, loaded, readShard, resolveParallel, toParam } from './common';
 import { cat } from '../ops';
 import type { ProcessGroup } from '../distributed/process_group';
@@ -131,7 +131,7 @@ export class VocabParallelEmbedding {
     } else {
       if (ids === null || typeof ids !== 'object' || typeof ids.length !== 'number') throw typeError('array of token ids', 'ids', ids);
       values = ids;
-      idShape = shape ?? [ids.length];
+      idShape = shape === undefined ? [ids.length] : checkShape(shape);
     }
     const n = idShape.reduce((a, b) => a * b, 1);
     if (n !== values.length) throw new RangeError(`Expected ${n} ids for shape ${formatShape(idShape)} but received ${values.length}`);
