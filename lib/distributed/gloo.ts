@@ -79,14 +79,14 @@ export class GlooCommunicator implements Communicator {
    * @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority})
    * @param shm initDistributed's `shm` option (else `TPKIT_SHM`; {@link shmWanted})
    */
-  constructor(readonly rank: number, readonly size: number, hostname: string, private readonly timeoutMs: number, check: boolean, ioPriority: number, shm?: boolean) {
+  constructor(readonly rank: number, readonly size: number, hostname: string, private readonly timeoutMs: number, private readonly check: boolean, ioPriority: number, shm?: boolean) {
     this.wantShm = shmWanted(process.env, shm);
     this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check, ioPriority);
   }
 
   async connect(store: RendezvousStore): Promise<void> {
     await this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
-    this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.wantShm);
+    this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.check, this.wantShm);
   }
 
   /** Whether this group's collectives go through shared memory. */

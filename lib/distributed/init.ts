@@ -45,6 +45,11 @@ export interface InitOptions {
    * Default: env `TPKIT_GLOO_IO_PRIORITY`, else `'normal'`.
    */
   glooIoPriority?: 'normal' | 'idle' | number;
+  /**
+   * Shared-memory collectives between the ranks of a group that share a host (gloo backend;
+   * lib/distributed/shm.ts): `true` / `false`; default `TPKIT_SHM` (`on` / `off`), else off for now.
+   */
+  shm?: boolean;
   /** Overrides the environment (tests, embedding): see {@link readDistEnv}. */
   env?: NodeJS.ProcessEnv;
 }
@@ -323,7 +328,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     async connectCommunicator(rankInGroup, size, t, groupName): Promise<Communicator> {
       const c: Communicator = nccl
         ? new nccl.NcclCommunicator(rankInGroup, size, e.localRank, t)
-        : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriorityCode);
+        : new GlooCommunicator(rankInGroup, size, hostname, t, check, ioPriorityCode, o.shm);
       await c.connect(prefixedStore(groupStore, groupName, t));
       return c;
     },

@@ -83,13 +83,14 @@ const enc = (v: unknown): Uint8Array => Buffer.from(JSON.stringify(v));
 const dec = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as Record<string, unknown>;
 
 /**
- * Sets up the group's segment (see the module doc). Every rank of the group calls it.
+ * Sets up the group's segment (see the module doc). Every rank of the group calls it. `check`: false with
+ * TPKIT_CHECK=off (only op and element count are compared before data moves, as on Gloo).
  *
  * @returns the transport, or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
  *   a host, or the segment could not be set up: then one warning)
  * @throws TpkitError `TIMEOUT` when a rank does not report within the store's timeout
  */
-export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, wanted: boolean): Promise<ShmTransport | null> {
+export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, check: boolean, wanted: boolean): Promise<ShmTransport | null> {
   if (size <= 1) return null;
   const facts = wanted ? hostFacts() : null;
   await store.set(`shm/facts/${rank}`, enc({ wanted, facts }));
@@ -97,7 +98,7 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
   const key = JSON.stringify(all[0]!.facts);
   if (!all.every((f) => f.wanted === true && f.facts !== null && JSON.stringify(f.facts) === key)) return null;
 
-  const native = new (loadCore().ShmComm)(rank, size, timeoutMs);
+  const native = new (loadCore().ShmComm)(rank, size, timeoutMs, check);
   let path = '';
   let failure: string | null = null;
   try {
@@ -174,7 +175,7 @@ export class ShmTransport {
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length * this.size);
-      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs);
+      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(t, out, [this.size, ...t.shape]);
     });
   }
@@ -184,7 +185,7 @@ export class ShmTransport {
       const { buf } = await stage(work);
       const chunk = buf.length / this.size;
       const out = new Float32Array(chunk);
-      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs);
+      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(work, out, [chunk]);
     });
   }
@@ -201,7 +202,7 @@ export class ShmTransport {
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length);
-      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
       return like(t, out, t.shape);
     });
   }

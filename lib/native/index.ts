@@ -103,10 +103,10 @@ export interface NativeShmComm {
   /** Every rank has mapped the segment: reads the peers' pids (liveness checks). */
   start(): void;
   allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
-  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number): NativePromise;
+  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
+  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
+  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   barrier(seq: number, timeoutMs?: number): NativePromise;
   close(): void;
   /** close() plus the segment's abort word: peers waiting on this rank fail at once with `PEER_LOST`. */
@@ -115,5 +115,5 @@ export interface NativeShmComm {
 
 // Declaration merging: the core addon's shared-memory communicator class.
 export interface CoreAddon {
-  ShmComm: new (rank: number, size: number, timeoutMs: number) => NativeShmComm;
+  ShmComm: new (rank: number, size: number, timeoutMs: number, check: boolean) => NativeShmComm;
 }

@@ -80,8 +80,16 @@ const char* DtypeName(int64_t d) {
   }
 }
 
+// What every rank must agree on before data moves (as GlooComm's descriptor): `ndim`/`dims` is the input's
+// shape for the ops whose result depends on it beyond the element count (all-gather, reduce-scatter, all-to-all).
+constexpr int kMaxDims = 8;
 struct Descriptor {
   int64_t seq, op, dtype, count, root, redop, dim;
+  int64_t ndim;
+  int64_t dims[kMaxDims];
+  Descriptor() = default;
+  Descriptor(int64_t seq_, int64_t op_, int64_t dtype_, int64_t count_, int64_t root_, int64_t redop_, int64_t dim_)
+      : seq(seq_), op(op_), dtype(dtype_), count(count_), root(root_), redop(redop_), dim(dim_), ndim(0), dims{} {}
 };
 
 std::string Describe(const Descriptor& d) {
@@ -90,6 +98,11 @@ std::string Describe(const Descriptor& d) {
   if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
   if (d.op == kBroadcast) s << ", root " << d.root;
   if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
+  if (d.ndim > 0 && d.ndim <= kMaxDims) {
+    s << ", shape [";
+    for (int64_t i = 0; i < d.ndim; i++) s << (i ? ", " : "") << d.dims[i];
+    s << "]";
+  }
   s << ")";
   return s.str();
 }
@@ -108,7 +121,7 @@ struct alignas(64) Control {
   std::atomic<uint64_t> round;  // the last round this rank published
   Descriptor desc[2];           // the descriptor of the op whose first round has this parity
 };
-static_assert(sizeof(Control) <= 128, "control line");
+static_assert(sizeof(Control) <= 320, "control line");
 
 size_t Align(size_t n, size_t a) { return (n + a - 1) / a * a; }
 size_t ControlOffset() { return Align(sizeof(Header), 4096); }
@@ -348,7 +361,19 @@ struct ShmState {
     if (desc == nullptr) return;
     bool same = true;
     for (int q = 0; q < size; q++) {
-      if (std::memcmp(&ControlOf(q)->desc[rnd & 1], desc, sizeof(Descriptor)) != 0) same = false;
+      const Descriptor& d = ControlOf(q)->desc[rnd & 1];
+      if (check ? std::memcmp(&d, desc, sizeof(Descriptor)) != 0 : (d.op != desc->op || d.count != desc->count)) same = false;
+    }
+    if (!same && !check) {
+      // TPKIT_CHECK=off: only (op, element count) are compared, reported as GlooComm reports them.
+      std::ostringstream s;
+      s << "collective mismatch at sequence number " << desc->seq << " (seen by rank " << rank
+        << "): operations or element counts differ across ranks (TPKIT_CHECK=off): ";
+      for (int q = 0; q < size; q++) {
+        const Descriptor& d = ControlOf(q)->desc[rnd & 1];
+        s << (q ? "; " : "") << "rank " << q << ": " << OpName(d.op) << " of " << d.count << " elements";
+      }
+      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
     }
     if (!same) {
       std::ostringstream s;
@@ -362,6 +387,7 @@ struct ShmState {
     }
   }
   int64_t current = 0;  // the op running (for messages)
+  bool check = true;    // false with TPKIT_CHECK=off: only (op, element count) are compared
 };
 
 namespace {
@@ -406,6 +432,23 @@ ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const ShmState& s) {
 std::string PathArg(const Napi::CallbackInfo& info) {
   if (!info[0].IsString()) throw Napi::TypeError::New(info.Env(), "Expected string for path");
   return info[0].As<Napi::String>().Utf8Value();
+}
+
+// Reads the optional shape argument `i` (at most kMaxDims non-negative integers) into the descriptor.
+void ShapeArg(const Napi::CallbackInfo& info, size_t i, Descriptor& d) {
+  if (i >= info.Length() || info[i].IsUndefined()) return;
+  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), "Expected array for shape");
+  auto a = info[i].As<Napi::Array>();
+  if (a.Length() > kMaxDims) throw Napi::RangeError::New(info.Env(), "Expected at most 8 dimensions for shape");
+  d.ndim = a.Length();
+  for (uint32_t k = 0; k < a.Length(); k++) {
+    Napi::Value v = a.Get(k);
+    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > static_cast<double>(kMaxCount)) {
+      throw Napi::RangeError::New(info.Env(), "Expected non-negative integers for shape");
+    }
+    d.dims[k] = static_cast<int64_t>(x);
+  }
 }
 
 Napi::Error SetupError(Napi::Env env, const std::string& message) {
@@ -455,13 +498,14 @@ Napi::Function ShmComm::Init(Napi::Env env) {
                       InstanceMethod("abort", &ShmComm::Abort)});
 }
 
-// new ShmComm(rank, size, timeoutMs)
+// new ShmComm(rank, size, timeoutMs, check)
 ShmComm::ShmComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShmComm>(info) {
   Napi::Env env = info.Env();
   auto s = std::make_shared<ShmState>();
   s->size = static_cast<int>(IntArg(info, 1, "size", 1, kMaxRanks));
   s->rank = static_cast<int>(IntArg(info, 0, "rank", 0, s->size - 1));
   s->timeout = ms(IntArg(info, 2, "timeoutMs", 1, int64_t{1} << 40));
+  s->check = BoolArg(info, 3, "check");
   s->slotBytes = SlotBytesFor(s->size);
   s->bytes = SegmentBytesFor(s->size);
   s->tsfn = ShmTsfn::New(env, "tpkit.shm.complete", 0, 1, nullptr,
@@ -590,7 +634,7 @@ Napi::Value ShmComm::AllReduce(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllReduce;
-    const Descriptor desc{seq, kAllReduce, dtype, count, -1, redop, -1};
+    const Descriptor desc(seq, kAllReduce, dtype, count, -1, redop, -1);
     const size_t n = static_cast<size_t>(count);
     const size_t slot = s->SlotFloats();
     if (n * sizeof(float) <= kOneRoundBytes) {
@@ -622,7 +666,7 @@ Napi::Value ShmComm::AllReduce(const Napi::CallbackInfo& info) {
   }, {info[0]});
 }
 
-// allGather(input, output, count, seq, dtype, dim, timeoutMs?) — output rank-major
+// allGather(input, output, count, seq, dtype, dim, timeoutMs?, shape?) — output rank-major
 Napi::Value ShmComm::AllGather(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
@@ -632,10 +676,11 @@ Napi::Value ShmComm::AllGather(const Napi::CallbackInfo& info) {
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const int64_t dim = IntArg(info, 5, "dim", -1, 64);
   const ms t = OpTimeout(info, 6, *s);
+  Descriptor desc(seq, kAllGather, dtype, count, -1, -1, dim);
+  ShapeArg(info, 7, desc);
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllGather;
-    const Descriptor desc{seq, kAllGather, dtype, count, -1, -1, dim};
     const size_t n = static_cast<size_t>(count);
     const size_t slot = s->SlotFloats();
     const Descriptor* first = &desc;
@@ -652,7 +697,7 @@ Napi::Value ShmComm::AllGather(const Napi::CallbackInfo& info) {
   }, {info[0], info[1]});
 }
 
-// reduceScatter(work (size·chunk), output (chunk), chunk, redop, seq, dtype, dim, timeoutMs?) — rank r gets
+// reduceScatter(work (size·chunk), output (chunk), chunk, redop, seq, dtype, dim, timeoutMs?, shape?) — rank r gets
 // chunk r of the rank-order reduction. Per round every rank writes piece `off` of each of its chunks.
 Napi::Value ShmComm::ReduceScatter(const Napi::CallbackInfo& info) {
   auto s = state_;
@@ -664,10 +709,11 @@ Napi::Value ShmComm::ReduceScatter(const Napi::CallbackInfo& info) {
   const int64_t dtype = IntArg(info, 5, "dtype", 0, 2);
   const int64_t dim = IntArg(info, 6, "dim", -1, 64);
   const ms t = OpTimeout(info, 7, *s);
+  Descriptor desc(seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim);
+  ShapeArg(info, 8, desc);
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kReduceScatter;
-    const Descriptor desc{seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim};
     const size_t c = static_cast<size_t>(chunk);
     const size_t ranks = static_cast<size_t>(s->size);
     const size_t piece = s->SlotFloats() / ranks;
@@ -697,7 +743,7 @@ Napi::Value ShmComm::Broadcast(const Napi::CallbackInfo& info) {
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kBroadcast;
-    const Descriptor desc{seq, kBroadcast, dtype, count, root, -1, -1};
+    const Descriptor desc(seq, kBroadcast, dtype, count, root, -1, -1);
     const size_t n = static_cast<size_t>(count);
     const size_t slot = s->SlotFloats();
     const bool isRoot = s->rank == root;
@@ -715,7 +761,7 @@ Napi::Value ShmComm::Broadcast(const Napi::CallbackInfo& info) {
   }, {info[0]});
 }
 
-// allToAll(input, output, count (per rank, divisible by size), seq, dtype, timeoutMs?)
+// allToAll(input, output, count (per rank, divisible by size), seq, dtype, timeoutMs?, shape?)
 Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
@@ -725,10 +771,11 @@ Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
   const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const ms t = OpTimeout(info, 5, *s);
+  Descriptor desc(seq, kAllToAll, dtype, count, -1, -1, 0);
+  ShapeArg(info, 6, desc);
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllToAll;
-    const Descriptor desc{seq, kAllToAll, dtype, count, -1, -1, 0};
     const size_t ranks = static_cast<size_t>(s->size);
     const size_t c = static_cast<size_t>(count) / ranks;
     const size_t piece = s->SlotFloats() / ranks;
@@ -756,7 +803,7 @@ Napi::Value ShmComm::Barrier(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 1, *s);
   return Enqueue(info.Env(), s, [=]() {
     s->current = kBarrier;
-    const Descriptor desc{seq, kBarrier, 0, 0, -1, -1, -1};
+    const Descriptor desc(seq, kBarrier, 0, 0, -1, -1, -1);
     s->Round(&desc, [](float*) {}, Clock::now() + t);
   }, {});
 }
