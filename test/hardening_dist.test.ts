@@ -100,3 +100,17 @@ test.serial('world 2: collectives whose result depends on the shape reject a sha
     }
   });
 });
+
+test.serial('world 2: newGroup with the ranks in another order on one rank names the disagreement, not a timeout', async (t) => {
+  const out = await runRanks<{ result: ErrorInfo; ms: number; sum: number[] }>(2, FIXTURE, 'newGroupOrder', { timeoutMs: 30_000 });
+  assertRanksOk(t, out);
+  out.results.forEach((res, rank) => {
+    t.is(res!.result.code, 'COLLECTIVE_MISMATCH', JSON.stringify(res!.result));
+    const mine = rank === 0 ? '[0, 1]' : '[1, 0]';
+    const theirs = rank === 0 ? '[1, 0]' : '[0, 1]';
+    t.true(res!.result.message.endsWith(`: newGroup(${mine}) on global rank ${rank}: rank ${1 - rank} called newGroup(${theirs}) for the same group `
+      + '(every rank of the parent must create its groups with the same ranks, in the same order)'), res!.result.message);
+    t.true(res!.ms < 3000, `took ${res!.ms} ms`);
+    t.deepEqual(res!.sum, SUM2);
+  });
+});

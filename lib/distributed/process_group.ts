@@ -191,9 +191,20 @@ export class ProcessGroup {
       const p = parentReady.then(() => split(this.#comm!, ranks));
       p.catch(() => {});
       connect = () => p;
-    } else if (member && ranks.length > 1) {
-      const myRank = ranks.indexOf(rt.globalRank);
-      connect = () => rt.connectCommunicator(myRank, ranks.length, this.timeoutMs, name);
+    } else if (ranks.length > 1) {
+      // Every rank of the parent publishes the ranks it passed; members compare them before connecting, so ranks
+      // that disagree (another order, another set) reject with COLLECTIVE_MISMATCH naming both lists instead of a
+      // rendezvous or first op that times out.
+      const published = rt.store.set(`${name}/members/${rt.globalRank}`, JSON.stringify(ranks));
+      published.catch(() => {});
+      if (member) {
+        const myRank = ranks.indexOf(rt.globalRank);
+        connect = async () => {
+          await published;
+          await this.#checkMembers(name, ranks);
+          return rt.connectCommunicator(myRank, ranks.length, this.timeoutMs, name);
+        };
+      }
     }
     const g = new ProcessGroup(rt, ranks.slice(), name, this.timeoutMs, connect);
     this.#subgroups.push(g);
@@ -409,6 +420,21 @@ export class ProcessGroup {
   }
 
   // ---- internals ---------------------------------------------------------------------------------------
+
+  /** Throws COLLECTIVE_MISMATCH when another member of new group `name` passed other ranks to newGroup. */
+  async #checkMembers(name: string, ranks: readonly number[]): Promise<void> {
+    const me = this.#rt.globalRank;
+    for (const r of ranks) {
+      if (r === me) continue;
+      const raw = await this.#rt.store.get(`${name}/members/${r}`, { timeoutMs: this.timeoutMs });
+      const theirs = JSON.parse(raw.toString()) as number[];
+      if (formatShape(theirs) !== formatShape(ranks)) {
+        throw new TpkitError('COLLECTIVE_MISMATCH', `newGroup(${formatShape(ranks)}) on global rank ${me}: rank ${r} called `
+          + `newGroup(${formatShape(theirs)}) for the same group (every rank of the parent must create its groups with the same `
+          + 'ranks, in the same order)', { details: { op: 'newGroup', ranks: ranks.slice(), rank: r, theirs } });
+      }
+    }
+  }
 
   #timeout(value: unknown): number {
     return value === undefined ? this.timeoutMs : positiveInteger(value, 'timeoutMs');
