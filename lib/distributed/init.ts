@@ -179,8 +179,8 @@ function describeRanks(ranks: number[]): string {
 }
 
 /**
- * Every rank publishes the address it will advertise, its host name and host identity; rank 0 reads them all
- * and publishes the verdict. A loopback address advertised while some rank runs on another host (or network
+ * Every rank publishes the address it will advertise, its host name and host identity, and waits (within its
+ * own timeout) for everyone's; rank 0 then reads them all and publishes the verdict. A loopback address advertised while some rank runs on another host (or network
  * namespace) would surface later as a refused connection deep inside Gloo; it fails here, on every rank, naming
  * the rank, the address, the interface and the variables that choose it.
  *
@@ -196,10 +196,12 @@ async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv
     return out;
   };
   let verdict: { problem?: string; missing?: number[]; why?: string };
-  if (e.rank === 0) {
-    const all = Array.from({ length: e.worldSize }, (_, r) => key(r));
-    try {
-      await store.wait(all, { timeoutMs });
+  // Every rank waits for every address within its own timeout (so each reports the ranks missing at its own
+  // deadline); then rank 0 judges them and publishes the verdict, which is there at once for the others.
+  const all = Array.from({ length: e.worldSize }, (_, r) => key(r));
+  try {
+    await store.wait(all, { timeoutMs });
+    if (e.rank === 0) {
       const recs: AddressRecord[] = [];
       for (let r = 0; r < e.worldSize; r++) recs.push(JSON.parse((await store.get(key(r))).toString('utf8')) as AddressRecord);
       const problems: string[] = [];
@@ -218,19 +220,14 @@ async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv
         );
       }
       verdict = problems.length === 0 ? {} : { problem: problems.join('; ') };
-    } catch (err) {
-      if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
-      verdict = { missing: await missingRanks(), why: err.message };
-    }
-    await store.set(key('verdict'), JSON.stringify(verdict));
-  } else {
-    try {
+      await store.set(key('verdict'), JSON.stringify(verdict));
+    } else {
       verdict = JSON.parse((await store.get(key('verdict'), { timeoutMs })).toString('utf8')) as typeof verdict;
-    } catch (err) {
-      if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
-      verdict = { missing: await missingRanks().catch(() => []), why: err.message };
-      if (verdict.missing!.length === 0) verdict.missing = [0];
     }
+  } catch (err) {
+    if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
+    const missing = await missingRanks().catch(() => [] as number[]);
+    verdict = { missing: missing.length === 0 ? [0] : missing, why: err.message };
   }
   if (verdict.missing !== undefined) {
     const m = verdict.missing;
