@@ -156,11 +156,6 @@ export class ProcessGroup {
     return this.#ready;
   }
 
-  /** @internal The communicator (null for size 1 or non-members). */
-  get _communicator(): Communicator | null {
-    return this.#comm;
-  }
-
   /**
    * Creates a subgroup of the given GLOBAL ranks. Every rank of this group must call it, in the same order
    * (as `torch.distributed.new_group`); non-members get a group with `rank === -1` whose operations throw.

@@ -213,17 +213,6 @@ export function loadCuda(): CudaAddon {
 }
 
 /**
- * The addon's runtime facts, or undefined when it cannot be loaded. Never throws.
- */
-export function cudaRuntimeStatus(): NativeCudaRuntimeStatus | undefined {
-  try {
-    return loadCuda().status();
-  } catch {
-    return undefined;
-  }
-}
-
-/**
  * Whether cuda tensors and the nccl backend are usable, and why not. Never throws; loads the CUDA addon on
  * first call (cuBLAS and NCCL get mapped) when it is built. `lib/index.ts` reports it through `backends()`.
  *

@@ -734,8 +734,10 @@ Napi::Value GlooComm::AllGather(const Napi::CallbackInfo& info) {
 }
 
 // reduceScatter(work: Float32Array (size·chunk, overwritten), output: Float32Array (chunk), chunk, redop, seq,
-// dtype, dim, timeoutMs?, shape?) — ring reduce-scatter from Gloo's unbound-buffer primitives (this Gloo has no
-// new-style reduce_scatter; NATIVE-NOTES.md). Rank r ends with chunk r of the reduction.
+// dtype, dim, timeoutMs?, shape?) — ring reduce-scatter from Gloo's unbound-buffer primitives: Debian's Gloo
+// (0.0~git20220518) has no new-style reduce_scatter, and its old-style ReduceScatterHalvingDoubling, used on the
+// same context as new-style ops, stalls the ops after it (a 4 MiB broadcast went from < 1 ms to seconds). Rank r
+// ends with chunk r of the reduction.
 Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t chunk = IntArg(info, 2, "chunk", 0, kMaxCount);
