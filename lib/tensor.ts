@@ -9,7 +9,7 @@
  * @module
  */
 import { TpkitError } from './errors';
-import { cpuOps } from './backend/cpu';
+import { opsFor } from './backend/index';
 import { DType, Device, DeviceOps, ITEM_SIZE, Storage } from './backend/types';
 import { dimIndex, finiteNumber, nonNegativeInteger, options, rangeError, shape as checkShape, typeError } from './validate';
 
@@ -26,27 +26,8 @@ export interface TensorOptions {
   device?: Device | 'cuda';
 }
 
-type CudaLoader = () => DeviceOps;
-let cudaLoader: CudaLoader | undefined;
-
-/** @internal Registers how to reach the cuda backend (done by `lib/backend/cuda.ts` to avoid an import cycle). */
-export function registerCudaBackend(loader: CudaLoader): void {
-  cudaLoader = loader;
-}
-
-/** @internal The backend that owns `device`. Throws TpkitError `NO_CUDA_DEVICE` / `CUDA_UNAVAILABLE`. */
-export function opsFor(device: Device): DeviceOps {
-  if (device === 'cpu') return cpuOps;
-  if (!cudaLoader) {
-    // Loaded lazily so that a CPU-only program never maps cuBLAS or NCCL.
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    require('./backend/cuda');
-  }
-  if (!cudaLoader) {
-    throw new TpkitError('CUDA_UNAVAILABLE', `device ${device} requested but the cuda backend is not available`, { backend: 'cuda' });
-  }
-  return cudaLoader();
-}
+/** @internal The backend that owns `device` (device dispatch lives in lib/backend/index.ts). */
+export { opsFor } from './backend/index';
 
 /** @internal Validates a device string and normalises `cuda` to `cuda:0`. */
 export function parseDevice(value: unknown, name = 'device'): Device {

@@ -9,8 +9,7 @@
  * (`toFloat32`) wait, and they wait for a CUDA event off the main thread. Memory comes from a stream-ordered
  * pool (`cudaMallocFromPoolAsync`, release threshold at max so freed blocks are reused) and is reported to V8.
  *
- * Loaded lazily by `lib/tensor.ts` the first time a cuda device is asked for; importing it registers the
- * backend with {@link registerCudaBackend}. Without the addon or a GPU, every cuda op throws a TpkitError
+ * Loaded lazily by `lib/backend/index.ts` (device dispatch) the first time a cuda device is asked for. Without the addon or a GPU, every cuda op throws a TpkitError
  * (`CUDA_UNAVAILABLE` / `NO_CUDA_DEVICE`); nothing crashes.
  *
  * @module
@@ -18,7 +17,6 @@
  */
 import { TpkitError } from '../errors';
 import { type CudaAddon, loadCuda, type NativeDeviceBuffer } from '../native/cuda';
-import { registerCudaBackend } from '../tensor';
 import { rangeError } from '../validate';
 import { DTYPE_CODE, DType, Device, DeviceOps, ITEM_SIZE, Storage } from './types';
 
@@ -128,9 +126,12 @@ function product(dims: readonly number[], from: number, to: number): number {
   return n;
 }
 
-/** Allocates the output like `like`, runs `fill` on it, and frees it again when `fill` throws. */
-function produce(like: Storage, dtype: DType, numel: number, fill: (out: NativeDeviceBuffer) => void): CudaStorage {
-  const out = allocCuda(dev(like).deviceIndex, dtype, numel);
+/**
+ * Allocates `numel` elements of `dtype` on cuda device `deviceIndex`, runs `fill` on the new buffer, and frees the
+ * buffer again when `fill` throws: the one allocate/try/free-on-throw of the cuda backend and the NCCL communicator.
+ */
+export function allocFilled(deviceIndex: number, dtype: DType, numel: number, fill: (out: NativeDeviceBuffer) => void): CudaStorage {
+  const out = allocCuda(deviceIndex, dtype, numel);
   try {
     fill(out.buffer);
   } catch (e) {
@@ -140,39 +141,30 @@ function produce(like: Storage, dtype: DType, numel: number, fill: (out: NativeD
   return out;
 }
 
+/** {@link allocFilled} for an asynchronous `fill` (a collective): the buffer is freed when it rejects. */
+export async function allocFilledAsync(deviceIndex: number, dtype: DType, numel: number,
+  fill: (out: NativeDeviceBuffer) => Promise<void>): Promise<CudaStorage> {
+  const out = allocCuda(deviceIndex, dtype, numel);
+  try {
+    await fill(out.buffer);
+  } catch (e) {
+    out.free();
+    throw e;
+  }
+  return out;
+}
+
+/** Allocates the output on `like`'s device (see {@link allocFilled}). */
+function produce(like: Storage, dtype: DType, numel: number, fill: (out: NativeDeviceBuffer) => void): CudaStorage {
+  return allocFilled(dev(like).deviceIndex, dtype, numel, fill);
+}
+
 /** The cuda backend's kernels and transfers (see the module docs for the execution model). */
 export const cudaOps: DeviceOps = {
-  zeros(numel, dtype, device) {
-    const out = allocCuda(cudaDeviceIndex(device), dtype, numel);
-    try {
-      cudaAddon().zero(out.buffer);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
-    return out;
-  },
+  zeros: (numel, dtype, device) => allocFilled(cudaDeviceIndex(device), dtype, numel, (out) => cudaAddon().zero(out)),
   empty: (numel, dtype, device) => allocCuda(cudaDeviceIndex(device), dtype, numel),
-  fromFloat32(data, dtype, device) {
-    const out = allocCuda(cudaDeviceIndex(device), dtype, data.length);
-    try {
-      cudaAddon().upload(out.buffer, data);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
-    return out;
-  },
-  fromBits(bits, dtype, device) {
-    const out = allocCuda(cudaDeviceIndex(device), dtype, bits.length);
-    try {
-      cudaAddon().upload(out.buffer, bits);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
-    return out;
-  },
+  fromFloat32: (data, dtype, device) => allocFilled(cudaDeviceIndex(device), dtype, data.length, (out) => cudaAddon().upload(out, data)),
+  fromBits: (bits, dtype, device) => allocFilled(cudaDeviceIndex(device), dtype, bits.length, (out) => cudaAddon().upload(out, bits)),
   toFloat32: (s) => cudaAddon().download(buf(s)),
   async writeFloat32(s, data) {
     cudaAddon().upload(buf(s), data);
@@ -246,7 +238,11 @@ export const cudaOps: DeviceOps = {
   },
 };
 
-registerCudaBackend(() => {
+/**
+ * The cuda backend's ops, after loading the CUDA addon.
+ * @throws TpkitError `CUDA_UNAVAILABLE` when the addon cannot be loaded
+ */
+export function cudaBackend(): DeviceOps {
   cudaAddon();
   return cudaOps;
-});
+}

@@ -3,7 +3,7 @@
  *
  * @module
  */
-import { HostStorage } from '../backend/cpu';
+import { adoptHostData, hostDataOf } from '../backend/index';
 import { Tensor } from '../tensor';
 import type { RawTensor } from './safetensors';
 
@@ -23,7 +23,7 @@ export function tensorFromRaw(raw: RawTensor): Tensor {
  * each copy costs its page faults).
  */
 export function adoptRaw(raw: RawTensor): Tensor {
-  return Tensor._wrap(new HostStorage(raw.dtype, raw.data), raw.shape);
+  return Tensor._wrap(adoptHostData(raw.dtype, raw.data), raw.shape);
 }
 
 /**
@@ -33,6 +33,5 @@ export function adoptRaw(raw: RawTensor): Tensor {
  */
 export async function rawFromTensor(t: Tensor): Promise<RawTensor> {
   if (t.device !== 'cpu') throw new TypeError(`rawFromTensor expects a cpu tensor but received one on ${t.device}`);
-  const storage = t._storage as unknown as { data: Float32Array | Uint16Array };
-  return { dtype: t.dtype, shape: t.shape.slice(), data: storage.data.slice() };
+  return { dtype: t.dtype, shape: t.shape.slice(), data: hostDataOf(t._storage).slice() };
 }

@@ -7,7 +7,7 @@
  * @internal
  */
 import { loadCore, NativeGlooComm } from '../native';
-import { HostStorage } from '../backend/cpu';
+import { hostFloat32Of, wrapHostFloat32 } from '../backend/index';
 import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
@@ -15,8 +15,7 @@ import type { Communicator, OpContext, RendezvousStore } from './comm';
 import { connectShm, shmWanted, type ShmTransport } from './shm';
 
 function hostF32(t: Tensor): Float32Array | null {
-  if (t.device === 'cpu' && t.dtype === 'float32') return (t._storage as HostStorage).f32;
-  return null;
+  return hostFloat32Of(t._storage);
 }
 
 /** Reads a tensor as float32 for Gloo: the tensor's own array when possible (no copy), else a staged copy. */
@@ -29,7 +28,7 @@ async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }>
 /** A tensor of `t`'s dtype/device holding `values`. */
 function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
   // Host float32: the received buffer becomes the tensor's storage (no copy).
-  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(new HostStorage('float32', values), shape);
+  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(wrapHostFloat32(values), shape);
   return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
 }
 

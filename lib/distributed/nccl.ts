@@ -27,7 +27,8 @@
  * @internal
  */
 import { TpkitError } from '../errors';
-import { allocCuda, CudaStorage, cudaDeviceIndex } from '../backend/cuda';
+import { allocFilledAsync, cudaDeviceIndex } from '../backend/cuda';
+import { cudaBufferOf } from '../backend/index';
 import { loadCuda, type NativeDeviceBuffer, type NativeNcclComm } from '../native/cuda';
 import { Tensor } from '../tensor';
 import { integerInRange, positiveInteger } from '../validate';
@@ -120,13 +121,7 @@ export class NcclCommunicator implements Communicator {
   /** Returns `[size, ...t.shape]` (rank-major) of t's dtype on t's device. `dim` is the caller's concern. */
   async allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
     const input = this.#buffer(t, 't');
-    const out = allocCuda(this.deviceIndex, t.dtype, t.numel * this.size);
-    try {
-      await this.#native.allGather(input, out.buffer, ctx.timeoutMs);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
+    const out = await allocFilledAsync(this.deviceIndex, t.dtype, t.numel * this.size, (o) => this.#native.allGather(input, o, ctx.timeoutMs));
     return Tensor._wrap(out, [this.size, ...t.shape]);
   }
 
@@ -137,13 +132,7 @@ export class NcclCommunicator implements Communicator {
       throw new RangeError(`reduce_scatter on rank ${this.rank}: ${work.numel} elements are not divisible by the group size ${this.size}`);
     }
     const chunk = work.numel / this.size;
-    const out = allocCuda(this.deviceIndex, work.dtype, chunk);
-    try {
-      await this.#native.reduceScatter(input, out.buffer, redop, ctx.timeoutMs);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
+    const out = await allocFilledAsync(this.deviceIndex, work.dtype, chunk, (o) => this.#native.reduceScatter(input, o, redop, ctx.timeoutMs));
     return Tensor._wrap(out, [chunk]);
   }
 
@@ -155,13 +144,7 @@ export class NcclCommunicator implements Communicator {
   /** Chunk j of t (dim 0 split in `size` parts) goes to rank j; returns the received chunks, rank-major, shaped like t. */
   async allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
     const input = this.#buffer(t, 't');
-    const out = allocCuda(this.deviceIndex, t.dtype, t.numel);
-    try {
-      await this.#native.allToAll(input, out.buffer, ctx.timeoutMs);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
+    const out = await allocFilledAsync(this.deviceIndex, t.dtype, t.numel, (o) => this.#native.allToAll(input, o, ctx.timeoutMs));
     return Tensor._wrap(out, t.shape);
   }
 
@@ -199,13 +182,8 @@ export class NcclCommunicator implements Communicator {
     const input = this.#buffer(t, 't');
     const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
     const outRows = outputSplits.reduce((a, b) => a + b, 0);
-    const out = allocCuda(this.deviceIndex, t.dtype, Math.max(1, outRows * rowElems));
-    try {
-      await this.#native.allToAllV(input, out.buffer, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.timeoutMs);
-    } catch (e) {
-      out.free();
-      throw e;
-    }
+    const out = await allocFilledAsync(this.deviceIndex, t.dtype, Math.max(1, outRows * rowElems),
+      (o) => this.#native.allToAllV(input, o, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.timeoutMs));
     const result = Tensor._wrap(out, [outRows * rowElems === 0 ? 1 : outRows, ...t.shape.slice(1)]);
     if (outRows * rowElems !== 0) return result;
     const empty = result.narrow(0, 0, 0);
@@ -282,6 +260,6 @@ export class NcclCommunicator implements Communicator {
     if (t.device !== `cuda:${this.deviceIndex}`) {
       throw new RangeError(`Expected a tensor on cuda:${this.deviceIndex} (rank ${this.rank}'s device) for ${name} but received one on ${t.device}`);
     }
-    return (t._storage as CudaStorage).buffer;
+    return cudaBufferOf(t._storage);
   }
 }

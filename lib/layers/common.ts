@@ -13,7 +13,8 @@ import { Tensor, TensorOptions, checkTensor, formatShape, parseDType, parseDevic
 import type { DType, Device } from '../tensor';
 import { SafetensorsFile } from '../checkpoint/safetensors';
 import { adoptRaw } from '../checkpoint/load';
-import { adoptFloat32, hostFloat32 } from '../backend/cpu';
+import { hostFloat32 } from '../backend/cpu';
+import { adoptHostData } from '../backend/index';
 import { optionalBoolean, options, typeError } from '../validate';
 
 /** Options shared by every layer. */
@@ -111,7 +112,7 @@ export async function readShard(file: SafetensorsFile, name: string, expected: r
   }
   if (p && p.dtype === 'float32' && p.device === 'cpu') {
     const { shape, data } = await file.readSliceAsFloat32(name, spec.dim, spec.start, spec.length, hostFloat32);
-    return Tensor._wrap(adoptFloat32(data), shape);
+    return Tensor._wrap(adoptHostData('float32', data), shape);
   }
   const raw = spec.length === expected[spec.dim] ? await file.read(name) : await file.readSlice(name, spec.dim, spec.start, spec.length);
   return adoptRaw(raw);
