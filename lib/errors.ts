@@ -8,63 +8,47 @@
  */
 
 /**
- * Every code tpkit itself raises, at run time (a test checks that each code the sources throw is listed here).
- *
- * Argument-free failures: `DISPOSED` (use after dispose), `TIMEOUT`, `PEER_LOST`, `GROUP_BROKEN`, `GROUP_DESTROYED`,
- * `COLLECTIVE_MISMATCH` (ranks disagree on an op: nothing was sent), `NOT_INITIALIZED`, `ALREADY_INITIALIZED`,
- * `NO_CUDA_DEVICE`, `CUDA_UNAVAILABLE`, `DEVICE_OUT_OF_RANGE`, `OUT_OF_MEMORY`, `NATIVE_LOAD_FAILED`, `NATIVE_ERROR`
- * (an unexpected native exception), `STORE_*` (rendezvous store), `LOOPBACK_ADDRESS` (a multi-node rank would
- * advertise a loopback address), `SHM_UNAVAILABLE` (the shared-memory transport),
- * `CHECKPOINT_INVALID`, `LAUNCH_FAILED`, `UNSUPPORTED`, `EQUIVALENCE_FAILED` (bench/equivalence checks) and Gloo's
- * `GLOO_ABORTED`, `GLOO_ENFORCE`, `GLOO_ERROR`, `GLOO_IO`, `GLOO_PROTOCOL`, `GLOO_RENDEZVOUS`.
- */
-export const TPKIT_ERROR_CODES = [
-  'DISPOSED',
-  'TIMEOUT',
-  'PEER_LOST',
-  'GROUP_BROKEN',
-  'GROUP_DESTROYED',
-  'COLLECTIVE_MISMATCH',
-  'NOT_INITIALIZED',
-  'ALREADY_INITIALIZED',
-  'NO_CUDA_DEVICE',
-  'CUDA_UNAVAILABLE',
-  'DEVICE_OUT_OF_RANGE',
-  'OUT_OF_MEMORY',
-  'NATIVE_LOAD_FAILED',
-  'NATIVE_ERROR',
-  'STORE_UNREACHABLE',
-  'STORE_CLOSED',
-  'STORE_AUTH_FAILED',
-  'STORE_PROTOCOL',
-  'STORE_LISTEN_FAILED',
-  'LOOPBACK_ADDRESS',
-  'SHM_UNAVAILABLE',
-  'CHECKPOINT_INVALID',
-  'LAUNCH_FAILED',
-  'UNSUPPORTED',
-  'EQUIVALENCE_FAILED',
-  'GLOO_ABORTED',
-  'GLOO_ENFORCE',
-  'GLOO_ERROR',
-  'GLOO_IO',
-  'GLOO_PROTOCOL',
-  'GLOO_RENDEZVOUS',
-] as const;
-
-/**
- * Prefixes of the codes passed through from native libraries, named after the library's own status names:
- * `NCCL_…` (ncclResult_t, e.g. `NCCL_UNHANDLED_CUDA_ERROR`), `CUBLAS_STATUS_…` (cublasStatus_t), `CUDA_ERROR_…`
+ * Error codes of {@link TpkitError}: every code tpkit raises (test/hardening_codes.test.ts checks that each code
+ * the sources throw is listed here), then the native libraries' own status names, prefixed `NCCL_…`
+ * (ncclResult_t, e.g. `NCCL_UNHANDLED_CUDA_ERROR`), `CUBLAS_STATUS_…` (cublasStatus_t) and `CUDA_ERROR_…`
  * (cudaError_t, e.g. `CUDA_ERROR_MEMORY_ALLOCATION`).
- */
-export const TPKIT_ERROR_CODE_FAMILIES = ['NCCL_', 'CUBLAS_STATUS_', 'CUDA_ERROR_'] as const;
-
-/**
- * Error codes of {@link TpkitError}: {@link TPKIT_ERROR_CODES} and the native families of
- * {@link TPKIT_ERROR_CODE_FAMILIES}.
+ *
+ * `COLLECTIVE_MISMATCH`: ranks disagree on an op (nothing was sent; the group stays usable). `NATIVE_ERROR`: an
+ * unexpected native exception. `STORE_*`: the rendezvous store. `LOOPBACK_ADDRESS`: a multi-node rank would
+ * advertise a loopback address. `SHM_UNAVAILABLE`: the shared-memory transport. `GLOO_*`: Gloo failures.
  */
 export type TpkitErrorCode =
-  | (typeof TPKIT_ERROR_CODES)[number]
+  | 'DISPOSED'
+  | 'TIMEOUT'
+  | 'PEER_LOST'
+  | 'GROUP_BROKEN'
+  | 'GROUP_DESTROYED'
+  | 'COLLECTIVE_MISMATCH'
+  | 'NOT_INITIALIZED'
+  | 'ALREADY_INITIALIZED'
+  | 'NO_CUDA_DEVICE'
+  | 'CUDA_UNAVAILABLE'
+  | 'DEVICE_OUT_OF_RANGE'
+  | 'OUT_OF_MEMORY'
+  | 'NATIVE_LOAD_FAILED'
+  | 'NATIVE_ERROR'
+  | 'STORE_UNREACHABLE'
+  | 'STORE_CLOSED'
+  | 'STORE_AUTH_FAILED'
+  | 'STORE_PROTOCOL'
+  | 'STORE_LISTEN_FAILED'
+  | 'LOOPBACK_ADDRESS'
+  | 'SHM_UNAVAILABLE'
+  | 'CHECKPOINT_INVALID'
+  | 'LAUNCH_FAILED'
+  | 'UNSUPPORTED'
+  | 'EQUIVALENCE_FAILED'
+  | 'GLOO_ABORTED'
+  | 'GLOO_ENFORCE'
+  | 'GLOO_ERROR'
+  | 'GLOO_IO'
+  | 'GLOO_PROTOCOL'
+  | 'GLOO_RENDEZVOUS'
   | `NCCL_${string}`
   | `CUBLAS_STATUS_${string}`
   | `CUDA_ERROR_${string}`

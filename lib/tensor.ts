@@ -273,7 +273,7 @@ export class Tensor {
    */
   reshape(shape: readonly number[]): Tensor {
     const shared = this.#shared;
-    this._storage;
+    void this._storage; // throws DISPOSED
     if (!Array.isArray(shape)) throw typeError('array of integers', 'shape', shape);
     const s = shape.slice();
     const inferred = s.indexOf(-1);
@@ -338,6 +338,6 @@ export class Tensor {
 /** @internal Throws unless `value` is a live Tensor. */
 export function checkTensor(value: unknown, name: string): Tensor {
   if (!(value instanceof Tensor)) throw typeError('Tensor', name, value);
-  value._storage; // throws DISPOSED
+  void value._storage; // throws DISPOSED
   return value;
 }

@@ -5,6 +5,7 @@
  * @module
  * @internal
  */
+import fs from 'node:fs';
 import path from 'node:path';
 import { TpkitError } from '../errors';
 
@@ -62,7 +63,7 @@ let core: CoreAddon | undefined;
 export function packageRoot(): string {
   let dir = __dirname;
   for (let i = 0; i < 5; i++) {
-    if (require('node:fs').existsSync(path.join(dir, 'package.json'))) return dir;
+    if (fs.existsSync(path.join(dir, 'package.json'))) return dir;
     dir = path.dirname(dir);
   }
   return path.resolve(__dirname, '..', '..', '..');
