@@ -99,6 +99,15 @@ export async function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): P
   if (x.device === 'cpu' && x.dtype !== 'float32') {
     throw new TypeError(`linear on cpu computes in float32 but received ${x.dtype} tensors (cast with t.to('float32'))`);
   }
+  return linearUnchecked(x, weight, bias ?? null);
+}
+
+/**
+ * @internal {@link linear} without its argument checks, for callers that have validated x, weight and bias
+ * themselves (the parallel layers: one validation pass per forward).
+ */
+export async function linearUnchecked(x: Tensor, weight: Tensor, bias: Tensor | null): Promise<Tensor> {
+  const [outF, inF] = weight.shape as [number, number];
   const out = await x._ops.linear(x._storage, weight._storage, bias ? bias._storage : null, rows(x), inF, outF);
   return Tensor._wrap(out, [...x.shape.slice(0, -1), outF]);
 }

@@ -16,7 +16,7 @@
  * @module
  */
 import { TpkitError } from '../errors';
-import { cat, linear } from '../ops';
+import { cat, linearUnchecked } from '../ops';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import type { SafetensorsFile } from '../checkpoint/safetensors';
 import { nonEmptyString, oneOf, positiveInteger, integerInRange, typeError } from '../validate';
@@ -180,14 +180,34 @@ abstract class LinearBase {
     this.dispose();
   }
 
-  /** @internal x·Wᵀ (+ bias when `withBias`), with shape checks naming the layer. */
+  /** @internal x·Wᵀ (+ bias when `withBias`): {@link checkInput}, then {@link compute}. */
   protected async matmul(x: Tensor, expectedIn: number, withBias: boolean): Promise<Tensor> {
+    this.checkInput(x, expectedIn);
+    return this.compute(x, withBias);
+  }
+
+  /**
+   * @internal The one validation of a forward's input, naming the layer: a live Tensor of shape `[..., expectedIn]`
+   * on the layer's device, float32 on the host. The compute after it checks nothing again.
+   * @throws TypeError / RangeError; TpkitError `DISPOSED`
+   */
+  protected checkInput(x: Tensor, expectedIn: number): void {
     checkTensor(x, 'x');
     if (x.ndim < 1 || x.shape[x.ndim - 1] !== expectedIn) {
       throw new RangeError(`${this.constructor.name}: expected input of shape [..., ${expectedIn}] but received ${formatShape(x.shape)}`);
     }
     if (x.device !== this.p.device) throw new RangeError(`${this.constructor.name}: input is on ${x.device} but the layer on ${this.p.device}`);
-    return linear(x, this.weight, withBias ? this.bias : null);
+    if (x.dtype !== this.p.dtype) {
+      throw new TypeError(`${this.constructor.name}: input is ${x.dtype} but the layer's parameters are ${this.p.dtype} (cast with t.to('${this.p.dtype}'))`);
+    }
+    if (x.device === 'cpu' && x.dtype !== 'float32') {
+      throw new TypeError(`${this.constructor.name} on cpu computes in float32 but received a ${x.dtype} input (cast with t.to('float32'))`);
+    }
+  }
+
+  /** @internal x·Wᵀ (+ bias when `withBias`) for an input {@link checkInput} has accepted (the layer's own weight and bias are valid). */
+  protected async compute(x: Tensor, withBias: boolean): Promise<Tensor> {
+    return linearUnchecked(x, this.weight, withBias ? this.bias : null);
   }
 
   /** @internal */
@@ -489,17 +509,16 @@ export class RowParallelLinear extends LinearBase {
    * @throws RangeError for a wrong input shape; TpkitError `NOT_INITIALIZED` before loadWeight, and the group's errors
    */
   async forward(x: Tensor): Promise<Tensor | OutputWithBias> {
-    checkTensor(x, 'x');
     let input = x;
     if (!this.inputIsParallel && this.tpSize > 1) {
-      if (x.shape[x.ndim - 1] !== this.inputSize) {
-        throw new RangeError(`RowParallelLinear: expected input of shape [..., ${this.inputSize}] but received ${formatShape(x.shape)}`);
-      }
+      this.checkInput(x, this.inputSize);
       input = x.narrow(-1, this.tpRank * this.inputSizePerPartition, this.inputSizePerPartition);
+    } else {
+      this.checkInput(x, this.inputSizePerPartition);
     }
     const addBias = this.hasBias && !this.skipBiasAdd && this.tpRank === 0;
     try {
-      const y = await this.matmul(input, this.inputSizePerPartition, addBias);
+      const y = await this.compute(input, addBias);
       if (this.reduceResults && this.tpSize > 1) await this.group!.allReduce(y);
       return this.finish(y);
     } finally {
