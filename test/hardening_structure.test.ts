@@ -52,3 +52,13 @@ test('a CPU-only process never loads the cuda backend or addon', (t) => {
   const out = execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' });
   t.deepEqual(JSON.parse(out.trim()), []);
 });
+
+test('CI gates: .ci/run lints, builds the API reference with warnings as errors, and checks a coverage floor on lib/', (t) => {
+  const ci = readFileSync(join(ROOT, '.ci', 'run'), 'utf8');
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { scripts: Record<string, string>; devDependencies: Record<string, string> };
+  for (const step of ['npm run lint', 'npm run docs -- --treatWarningsAsErrors', 'npm run coverage']) t.true(ci.includes(step), step);
+  t.is(pkg.scripts.lint, 'eslint .');
+  t.regex(pkg.scripts.coverage!, /^npm run build:ts --silent && c8 --check-coverage --lines (\d+) --statements \d+ --branches \d+ --functions \d+ --include 'lib\/\*\*'/);
+  t.true(Number(/--lines (\d+)/.exec(pkg.scripts.coverage!)![1]) >= 94, 'the floor is never lowered');
+  for (const dep of ['eslint', 'typescript-eslint', 'c8']) t.truthy(pkg.devDependencies[dep], dep);
+});
