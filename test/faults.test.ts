@@ -356,16 +356,16 @@ interface MismatchCase {
   after: number[];
 }
 const MISMATCH_CASES: Record<string, (string | ((W: number) => string))[]> = {
-  size10vs20: ['all_reduce(seq 0, float32, count 10, op sum)', 'all_reduce(seq 0, float32, count 20, op sum)'],
+  size10vs20: ['allReduce(seq 0, float32, count 10, op sum)', 'allReduce(seq 0, float32, count 20, op sum)'],
   size1Mvs2M: ['count 1000000', 'count 2000000'],
-  dtype: ['all_reduce(seq 4, bfloat16, count 16, op sum)', 'all_reduce(seq 4, float32, count 16, op sum)'],
-  allReduceVsBroadcast: ['rank 0: all_reduce(seq 6, float32, count 16, op sum)', 'rank 1: broadcast(seq 6, float32, count 16, root 0)'],
+  dtype: ['allReduce(seq 4, bfloat16, count 16, op sum)', 'allReduce(seq 4, float32, count 16, op sum)'],
+  allReduceVsBroadcast: ['rank 0: allReduce(seq 6, float32, count 16, op sum)', 'rank 1: broadcast(seq 6, float32, count 16, root 0)'],
   reduceOp: ['op max', 'op sum'],
   broadcastRoot: ['root 0', 'root 1'],
-  allGatherDim: ['rank 0: all_gather(seq 12, float32, count 4, dim 0, shape [2, 2])', 'rank 1: all_gather(seq 12, float32, count 4, dim 1, shape [2, 2])'],
-  allGatherVsAllReduce: ['rank 0: all_reduce(seq 14', 'rank 1: all_gather(seq 14'],
+  allGatherDim: ['rank 0: allGather(seq 12, float32, count 4, dim 0, shape [2, 2])', 'rank 1: allGather(seq 12, float32, count 4, dim 1, shape [2, 2])'],
+  allGatherVsAllReduce: ['rank 0: allReduce(seq 14', 'rank 1: allGather(seq 14'],
   // one rank's all-reduce fits in the descriptor exchange, the other's needs the ring
-  inlineVsRing: ['rank 0: all_reduce(seq 16, float32, count 10, op sum)', 'rank 1: all_reduce(seq 16, float32, count 100000, op sum)'],
+  inlineVsRing: ['rank 0: allReduce(seq 16, float32, count 10, op sum)', 'rank 1: allReduce(seq 16, float32, count 100000, op sum)'],
 };
 
 for (const W of [2, 4]) {

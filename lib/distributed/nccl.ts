@@ -129,7 +129,7 @@ export class NcclCommunicator implements Communicator {
   async reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
     const input = this.#buffer(work, 'work');
     if (work.numel % this.size !== 0) {
-      throw new RangeError(`reduce_scatter on rank ${this.rank}: ${work.numel} elements are not divisible by the group size ${this.size}`);
+      throw new RangeError(`reduceScatter on rank ${this.rank}: ${work.numel} elements are not divisible by the group size ${this.size}`);
     }
     const chunk = work.numel / this.size;
     const out = await allocFilledAsync(this.deviceIndex, work.dtype, chunk, (o) => this.#native.reduceScatter(input, o, redop, ctx.timeoutMs));

@@ -46,13 +46,13 @@ constexpr uint32_t kConnectBarrierTag = 0xFFFFFFFFu;
 enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
 const char* OpName(int64_t op) {
   switch (op) {
-    case kAllReduce: return "all_reduce";
-    case kAllGather: return "all_gather";
-    case kReduceScatter: return "reduce_scatter";
+    case kAllReduce: return "allReduce";
+    case kAllGather: return "allGather";
+    case kReduceScatter: return "reduceScatter";
     case kBroadcast: return "broadcast";
-    case kAllToAll: return "all_to_all";
+    case kAllToAll: return "allToAll";
     case kBarrier: return "barrier";
-    case kAllToAllV: return "all_to_all_v";
+    case kAllToAllV: return "allToAllV";
     default: return "unknown";
   }
 }
@@ -779,8 +779,8 @@ Napi::Value GlooComm::ReduceScatter(const Napi::CallbackInfo& info) {
         const int recvChunk = ((r - step - 2) % n + n) % n;
         recvBuf->recv(left, base + step, 0, bytes);
         sendBuf->send(right, base + step, bytes * sendChunk, bytes);
-        if (!recvBuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "reduce_scatter receive was aborted"};
-        if (!sendBuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "reduce_scatter send was aborted"};
+        if (!recvBuf->waitRecv(t)) throw CodedError{"GLOO_ABORTED", "reduceScatter receive was aborted"};
+        if (!sendBuf->waitSend(t)) throw CodedError{"GLOO_ABORTED", "reduceScatter send was aborted"};
         ReduceInto(redop == 4 ? 0 : redop, work + chunk * recvChunk, tmp.data(), static_cast<size_t>(chunk));
       }
     }
@@ -827,7 +827,7 @@ Napi::Value GlooComm::Broadcast(const Napi::CallbackInfo& info) {
 Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t count = IntArg(info, 2, "count", 0, kMaxCount);
-  if (count % s->size != 0) throw Napi::RangeError::New(info.Env(), "all_to_all count must be divisible by the group size");
+  if (count % s->size != 0) throw Napi::RangeError::New(info.Env(), "allToAll count must be divisible by the group size");
   float* in = F32Data(info[0], static_cast<size_t>(count), "input");
   float* out = F32Data(info[1], static_cast<size_t>(count), "output");
   const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
@@ -902,7 +902,7 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
     outRows += outSplits[static_cast<size_t>(r)];
   }
   if (inRows * rowElems > kMaxCount || outRows * rowElems > kMaxCount) {
-    throw Napi::RangeError::New(info.Env(), "all_to_all_v is too large");
+    throw Napi::RangeError::New(info.Env(), "allToAllV is too large");
   }
   float* in = F32Data(info[0], static_cast<size_t>(inRows * rowElems), "input");
   float* out = F32Data(info[1], static_cast<size_t>(outRows * rowElems), "output");
@@ -952,7 +952,7 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
         }
       }
       if (shown > 0) {
-        throw CodedError{"COLLECTIVE_MISMATCH", "all_to_all_v split sizes disagree at sequence number " +
+        throw CodedError{"COLLECTIVE_MISMATCH", "allToAllV split sizes disagree at sequence number " +
                                                     std::to_string(seq) + " (seen by rank " + std::to_string(s->rank) +
                                                     "): " + bad.str()};
       }

@@ -513,7 +513,7 @@ Napi::Value NcclComm::AllReduce(const Napi::CallbackInfo& info) {
   auto s = state_;
   DeviceBuffer* b = CommBuffer(info, 0, "buffer", *s);
   const ncclRedOp_t op = NcclRedOp(IntArg(info, 1, "redop", 0, 4));
-  auto* job = NewJob(env, "all_reduce", TimeoutArg(info, 2, *s), {{info[0], b}});
+  auto* job = NewJob(env, "allReduce", TimeoutArg(info, 2, *s), {{info[0], b}});
   void* p = b->data();
   const size_t n = b->numel();
   const ncclDataType_t t = NcclType(b->dtype());
@@ -527,12 +527,12 @@ Napi::Value NcclComm::AllGather(const Napi::CallbackInfo& info) {
   auto s = state_;
   DeviceBuffer* in = CommBuffer(info, 0, "input", *s);
   DeviceBuffer* out = CommBuffer(info, 1, "output", *s);
-  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "all_gather: input and output dtypes differ");
+  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "allGather: input and output dtypes differ");
   if (out->numel() < in->numel() * static_cast<size_t>(s->size)) {
     throw Napi::RangeError::New(env, "Expected at least " + std::to_string(in->numel() * s->size) +
                                          " elements for output but received " + std::to_string(out->numel()));
   }
-  auto* job = NewJob(env, "all_gather", TimeoutArg(info, 2, *s), {{info[0], in}, {info[1], out}});
+  auto* job = NewJob(env, "allGather", TimeoutArg(info, 2, *s), {{info[0], in}, {info[1], out}});
   const void* pi = in->data();
   void* po = out->data();
   const size_t n = in->numel();
@@ -548,12 +548,12 @@ Napi::Value NcclComm::ReduceScatter(const Napi::CallbackInfo& info) {
   DeviceBuffer* in = CommBuffer(info, 0, "input", *s);
   DeviceBuffer* out = CommBuffer(info, 1, "output", *s);
   const ncclRedOp_t op = NcclRedOp(IntArg(info, 2, "redop", 0, 4));
-  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "reduce_scatter: input and output dtypes differ");
+  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "reduceScatter: input and output dtypes differ");
   if (in->numel() < out->numel() * static_cast<size_t>(s->size)) {
     throw Napi::RangeError::New(env, "Expected at least " + std::to_string(out->numel() * s->size) +
                                          " elements for input but received " + std::to_string(in->numel()));
   }
-  auto* job = NewJob(env, "reduce_scatter", TimeoutArg(info, 3, *s), {{info[0], in}, {info[1], out}});
+  auto* job = NewJob(env, "reduceScatter", TimeoutArg(info, 3, *s), {{info[0], in}, {info[1], out}});
   const void* pi = in->data();
   void* po = out->data();
   const size_t n = out->numel();
@@ -586,16 +586,16 @@ Napi::Value NcclComm::AllToAll(const Napi::CallbackInfo& info) {
   auto s = state_;
   DeviceBuffer* in = CommBuffer(info, 0, "input", *s);
   DeviceBuffer* out = CommBuffer(info, 1, "output", *s);
-  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "all_to_all: input and output dtypes differ");
+  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "allToAll: input and output dtypes differ");
   if (in->numel() % static_cast<size_t>(s->size) != 0) {
-    throw Napi::RangeError::New(env, "all_to_all: " + std::to_string(in->numel()) + " elements are not divisible by the group size " +
+    throw Napi::RangeError::New(env, "allToAll: " + std::to_string(in->numel()) + " elements are not divisible by the group size " +
                                          std::to_string(s->size));
   }
   if (out->numel() < in->numel()) {
     throw Napi::RangeError::New(env, "Expected at least " + std::to_string(in->numel()) + " elements for output but received " +
                                          std::to_string(out->numel()));
   }
-  auto* job = NewJob(env, "all_to_all", TimeoutArg(info, 2, *s), {{info[0], in}, {info[1], out}});
+  auto* job = NewJob(env, "allToAll", TimeoutArg(info, 2, *s), {{info[0], in}, {info[1], out}});
   const void* pi = in->data();
   void* po = out->data();
   const size_t chunk = in->numel() / static_cast<size_t>(s->size);
@@ -654,7 +654,7 @@ Napi::Value NcclComm::AllToAllV(const Napi::CallbackInfo& info) {
   auto s = state_;
   DeviceBuffer* in = CommBuffer(info, 0, "input", *s);
   DeviceBuffer* out = CommBuffer(info, 1, "output", *s);
-  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "all_to_all_v: input and output dtypes differ");
+  if (in->dtype() != out->dtype()) throw Napi::TypeError::New(env, "allToAllV: input and output dtypes differ");
   const size_t rowElems = static_cast<size_t>(IntArg(info, 2, "rowElems", 0, int64_t{1} << 40));
   const std::vector<size_t> inSplits = RowSplits(info, 3, "inputSplits", s->size);
   const std::vector<size_t> outSplits = RowSplits(info, 4, "outputSplits", s->size);
@@ -662,9 +662,9 @@ Napi::Value NcclComm::AllToAllV(const Napi::CallbackInfo& info) {
   for (size_t v : inSplits) inRows += v;
   for (size_t v : outSplits) outRows += v;
   if (in->numel() < inRows * rowElems || out->numel() < outRows * rowElems) {
-    throw Napi::RangeError::New(env, "all_to_all_v: the split sizes exceed the input or output buffer");
+    throw Napi::RangeError::New(env, "allToAllV: the split sizes exceed the input or output buffer");
   }
-  auto* job = NewJob(env, "all_to_all_v", TimeoutArg(info, 5, *s), {{info[0], in}, {info[1], out}});
+  auto* job = NewJob(env, "allToAllV", TimeoutArg(info, 5, *s), {{info[0], in}, {info[1], out}});
   const char* pi = static_cast<const char*>(in->data());
   char* po = static_cast<char*>(out->data());
   const ncclDataType_t t = NcclType(in->dtype());
