@@ -76,6 +76,35 @@ void RecordAndRelease(DeviceContext& dev, PinnedBlock block) {
   PinnedPool::Instance().Release(block, ev);
 }
 
+// Runs `body(pinned)` on a pinned staging block of `bytes` and hands the block back with RecordAndRelease afterwards,
+// also when `body` throws: the one acquire / try / record-and-release of the host-to-device staging paths.
+template <typename Body>
+void WithPinnedBlock(DeviceContext& dev, size_t bytes, Body body) {
+  PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
+  try {
+    body(block.data);
+  } catch (...) {
+    RecordAndRelease(dev, block);
+    throw;
+  }
+  RecordAndRelease(dev, block);
+}
+
+// Host data to a kernel: `fill(pinned)` writes `bytes` into a pinned block, which is copied to a fresh device block;
+// `kernel(device)` enqueues the work on it; the device block is freed in stream order and the pinned block handed
+// back (WithPinnedBlock). Throws a CudaError naming `what` for the first failing step.
+template <typename Fill, typename Kernel>
+void StagedKernel(DeviceContext& dev, size_t bytes, Fill fill, Kernel kernel, const std::string& what) {
+  WithPinnedBlock(dev, bytes, [&](void* pinned) {
+    fill(pinned);
+    void* d = dev.Alloc(bytes);
+    cudaError_t e = cudaMemcpyAsync(d, pinned, bytes, cudaMemcpyHostToDevice, dev.stream);
+    if (e == cudaSuccess) e = kernel(d);
+    dev.Free(d);
+    CudaCheck(e, what);
+  });
+}
+
 // Copies `height` rows of `width` bytes between pitched device regions (narrow / cat).
 void Copy2D(DeviceContext& dev, void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height) {
   if (width == 0 || height == 0) return;
@@ -132,24 +161,18 @@ Napi::Value CudaUpload(const Napi::CallbackInfo& info) {
     const size_t bytes = n * (f32 ? 4 : 2);
     const uint8_t* host = static_cast<const uint8_t*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
     DeviceContext& dev = Current(dst->device());
-    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
-    std::memcpy(block.data, host, bytes);
-    try {
-      if (u16 || dst->dtype() == kFloat32) {
-        CudaCheck(cudaMemcpyAsync(dst->data(), block.data, bytes, cudaMemcpyHostToDevice, dev.stream),
+    auto fill = [&](void* pinned) { std::memcpy(pinned, host, bytes); };
+    if (u16 || dst->dtype() == kFloat32) {
+      WithPinnedBlock(dev, bytes, [&](void* pinned) {
+        fill(pinned);
+        CudaCheck(cudaMemcpyAsync(dst->data(), pinned, bytes, cudaMemcpyHostToDevice, dev.stream),
                   "host-to-device copy of " + std::to_string(bytes) + " bytes to " + dev.Name());
-      } else {
-        void* tmp = dev.Alloc(bytes);
-        cudaError_t e = cudaMemcpyAsync(tmp, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
-        if (e == cudaSuccess) e = kernels::Cast(tmp, kFloat32, dst->data(), dst->dtype(), n, dev.stream);
-        dev.Free(tmp);
-        CudaCheck(e, "host-to-device copy with conversion to " + std::string(DTypeName(dst->dtype())) + " on " + dev.Name());
-      }
-    } catch (...) {
-      RecordAndRelease(dev, block);
-      throw;
+      });
+    } else {
+      StagedKernel(dev, bytes, fill,
+                   [&](void* tmp) { return kernels::Cast(tmp, kFloat32, dst->data(), dst->dtype(), n, dev.stream); },
+                   "host-to-device copy with conversion to " + std::string(DTypeName(dst->dtype())) + " on " + dev.Name());
     }
-    RecordAndRelease(dev, block);
     return env.Undefined();
   });
 }
@@ -429,22 +452,13 @@ Napi::Value CudaEmbedding(const Napi::CallbackInfo& info) {
     if (count == 0) return env.Undefined();
     DeviceContext& dev = Current(table->device());
     const size_t bytes = count * sizeof(int32_t);
-    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
-    std::memcpy(block.data, ids.Data(), bytes);
-    try {
-      void* dIds = dev.Alloc(bytes);
-      cudaError_t e = cudaMemcpyAsync(dIds, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
-      if (e == cudaSuccess) {
-        e = kernels::Embedding(table->data(), static_cast<const int32_t*>(dIds), out->data(), count, dim, vocab, table->dtype(),
-                               dev.stream);
-      }
-      dev.Free(dIds);
-      CudaCheck(e, "embedding gather on " + dev.Name());
-    } catch (...) {
-      RecordAndRelease(dev, block);
-      throw;
-    }
-    RecordAndRelease(dev, block);
+    StagedKernel(
+        dev, bytes, [&](void* pinned) { std::memcpy(pinned, ids.Data(), bytes); },
+        [&](void* dIds) {
+          return kernels::Embedding(table->data(), static_cast<const int32_t*>(dIds), out->data(), count, dim, vocab,
+                                    table->dtype(), dev.stream);
+        },
+        "embedding gather on " + dev.Name());
     return env.Undefined();
   });
 }
@@ -472,24 +486,18 @@ Napi::Value CudaRotary(const Napi::CallbackInfo& info) {
     DeviceContext& dev = Current(x->device());
     // positions then invFreq, staged through one pinned block and one device block
     const size_t bytes = (rows + half) * sizeof(float);
-    PinnedBlock block = PinnedPool::Instance().Acquire(bytes);
-    std::memcpy(block.data, positions, rows * sizeof(float));
-    std::memcpy(static_cast<char*>(block.data) + rows * sizeof(float), invFreq, half * sizeof(float));
-    try {
-      void* table = dev.Alloc(bytes);
-      const float* dPos = static_cast<const float*>(table);
-      cudaError_t e = cudaMemcpyAsync(table, block.data, bytes, cudaMemcpyHostToDevice, dev.stream);
-      if (e == cudaSuccess) {
-        e = kernels::Rotary(x->data(), dPos, dPos + rows, out->data(), rows, numHeads, headDim, static_cast<float>(scaling),
-                            x->dtype(), dev.stream);
-      }
-      dev.Free(table);
-      CudaCheck(e, "rotary kernel on " + dev.Name());
-    } catch (...) {
-      RecordAndRelease(dev, block);
-      throw;
-    }
-    RecordAndRelease(dev, block);
+    StagedKernel(
+        dev, bytes,
+        [&](void* pinned) {
+          std::memcpy(pinned, positions, rows * sizeof(float));
+          std::memcpy(static_cast<char*>(pinned) + rows * sizeof(float), invFreq, half * sizeof(float));
+        },
+        [&](void* table) {
+          const float* dPos = static_cast<const float*>(table);
+          return kernels::Rotary(x->data(), dPos, dPos + rows, out->data(), rows, numHeads, headDim,
+                                 static_cast<float>(scaling), x->dtype(), dev.stream);
+        },
+        "rotary kernel on " + dev.Name());
     return env.Undefined();
   });
 }
