@@ -90,7 +90,7 @@ const BAD_CASES: BadCase[] = [
   { title: 'initDistributed WORLD_SIZE 0', run: () => initDistributed({ env: { RANK: '0', WORLD_SIZE: '0' } }), error: RangeError, message: 'Expected positive integer for world size but received 0 of type number' },
   { title: 'initDistributed without MASTER_PORT', run: () => initDistributed({ env: { RANK: '0', WORLD_SIZE: '2' } }), error: RangeError, message: 'MASTER_PORT must be set for a job of 2 processes (source: torchrun)' },
   { title: 'initDistributed MASTER_PORT 70000', run: () => initDistributed({ env: { RANK: '0', WORLD_SIZE: '2', MASTER_PORT: '70000' } }), error: RangeError, message: 'Expected integer in [0, 65536) for MASTER_PORT but received 70000 of type number' },
-  { title: 'initDistributed TPKIT_TIMEOUT_MS abc', run: () => initDistributed({ env: { TPKIT_TIMEOUT_MS: 'abc' } }), error: RangeError, message: 'Expected positive integer for TPKIT_TIMEOUT_MS but received NaN of type number' },
+  { title: 'initDistributed TPKIT_TIMEOUT_MS abc', run: () => initDistributed({ env: { TPKIT_TIMEOUT_MS: 'abc' } }), error: RangeError, message: 'Expected positive integer for TPKIT_TIMEOUT_MS but received abc of type string' },
   { title: 'initDistributed while a world group is live', run: () => initDistributed({ env: {} }), error: 'ALREADY_INITIALIZED', message: /^initDistributed: a world group \(ProcessGroup\(gloo, rank 0 of 1, ranks \[0\]\)\) is live; call destroy\(\) on it first$/ },
 
   // allReduce

@@ -73,7 +73,7 @@ test('tpkit generate --ep 1 and --ep 2 on a Mixtral directory give the reference
   }
   const bad = await run(['generate', '--model-dir', dir, '--prompt-ids', '1', '--max-new-tokens', '1', '--ep', '3']);
   t.is(bad.code, 2, bad.stderr);
-  t.is(bad.stderr.trim(), "error: --ep 3 must divide the model's num_local_experts 4");
+  t.is(bad.stderr.trim(), "tpkit generate: error: --ep 3 must divide the model's num_local_experts 4");
 });
 
 test('tpkit bench moe --json: schema-valid rows per EP size, outputs equal to EP 1, every routed token counted', async (t) => {

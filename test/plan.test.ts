@@ -13,7 +13,7 @@ import path from 'node:path';
 
 import { MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear } from '../lib/layers/linear';
 import { VocabParallelEmbedding } from '../lib/layers/embedding';
-import type { ProcessGroup } from '../lib';
+import { ProcessGroup } from '../lib';
 import { parseLlamaConfig, type LlamaConfig } from '../lib/models/config';
 import { partitionLayers } from '../lib/models/llama';
 import {
@@ -102,7 +102,12 @@ test('course notes: 393,216 B per all-reduce, ring factor 1.5 at n = 4, ≈ 113 
 
 /** A ProcessGroup stand-in of the given size and rank: enough for the layers' constructors (no communication). */
 function fakeGroup(size: number, rank: number): ProcessGroup {
-  return { size, rank, ranks: Array.from({ length: size }, (_, i) => i), isMember: true, backend: 'gloo', allReduce: async () => { throw new Error('no communication'); } } as unknown as ProcessGroup;
+  // An object of ProcessGroup's prototype (the layers check `instanceof`) whose own properties shadow the
+  // accessors the constructors read.
+  const g = Object.create(ProcessGroup.prototype) as ProcessGroup;
+  const props = { size, rank, ranks: Array.from({ length: size }, (_, i) => i), isMember: true, backend: 'gloo', allReduce: async () => { throw new Error('no communication'); } };
+  for (const [k, value] of Object.entries(props)) Object.defineProperty(g, k, { value });
+  return g;
 }
 
 /** Elements a rank holds, from the shard shapes of the layers LlamaForCausalLM builds (as parameterBytes counts). */

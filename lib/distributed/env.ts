@@ -98,7 +98,7 @@ export function expandHostlist(list: string, limit = Infinity): string[] {
  * - torchrun / `tpkit launch`: `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`
  * - Slurm: `SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_NTASKS_PER_NODE`; master from `MASTER_ADDR`/`MASTER_PORT`,
  *   and when `MASTER_ADDR` is unset, the first host of `SLURM_JOB_NODELIST` (else `SLURM_NODELIST`), expanded as
- *   `scontrol show hostnames` does ({@link expandHostlist})
+ *   `scontrol show hostnames` does (`expandHostlist`)
  * - Open MPI: `OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_SIZE`, `OMPI_COMM_WORLD_LOCAL_RANK`, `OMPI_COMM_WORLD_LOCAL_SIZE`
  * - none of these: a single process (rank 0 of 1) on 127.0.0.1.
  *

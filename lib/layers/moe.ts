@@ -62,18 +62,23 @@ export interface MoEForwardStats {
   tokensPerExpert: number[];
   /** Rows each of this rank's experts processed (from every rank of the EP group). */
   localExpertTokens: number[];
-  /** Rows this rank sent to / received from each EP rank in the dispatch. */
+  /** Rows this rank sent to each EP rank in the dispatch. */
   sendSplits: number[];
+  /** Rows this rank received from each EP rank in the dispatch. */
   recvSplits: number[];
-  /** Wall time of the router (logits, softmax, top-k), the dispatch (counts + rows all-to-all), the experts,
-   * the combine (all-to-all back) and the weighted sum including the TP all-reduce, in ms. */
+  /** Wall time of the router (logits, softmax, top-k), ms. */
   routerMs: number;
+  /** Wall time of the dispatch (counts and rows all-to-all), ms. */
   dispatchMs: number;
+  /** Wall time of this rank's experts, ms. */
   expertMs: number;
+  /** Wall time of the combine (the all-to-all back), ms. */
   combineMs: number;
+  /** Wall time of the weighted sum, including the TP all-reduce, ms. */
   reduceMs: number;
-  /** Bytes this rank sent in the dispatch and in the combine all-to-all (float32 rows). */
+  /** Bytes this rank sent in the dispatch all-to-all (float32 rows). */
   dispatchBytes: number;
+  /** Bytes this rank sent in the combine all-to-all (float32 rows). */
   combineBytes: number;
 }
 
@@ -84,11 +89,19 @@ export function loadImbalance(tokensPerExpert: readonly number[]): number {
   return Math.max(...tokensPerExpert) / (total / tokensPerExpert.length);
 }
 
+/** What {@link routeTopK} returns, `[T, k]` row-major each. */
+export interface TopKRouting {
+  /** Chosen experts of each token, most likely first. */
+  experts: Int32Array;
+  /** Their routing weights, renormalised to sum to 1 per token. */
+  weights: Float64Array;
+}
+
 /**
  * Softmax over each row of `logits` `[T, E]` (float64), top-k per row (ties: lower index first), weights
  * renormalised by their sum (Mixtral). Returns experts and weights `[T, k]`, row-major.
  */
-export function routeTopK(logits: ArrayLike<number>, T: number, E: number, k: number): { experts: Int32Array; weights: Float64Array } {
+export function routeTopK(logits: ArrayLike<number>, T: number, E: number, k: number): TopKRouting {
   const experts = new Int32Array(T * k);
   const weights = new Float64Array(T * k);
   const p = new Float64Array(E);
@@ -134,11 +147,13 @@ export class FusedMoE {
   readonly hiddenSize: number;
   /** Intermediate size of each expert (I, before TP). */
   readonly intermediateSize: number;
-  /** EP size and this rank's rank in the EP group. */
+  /** EP size (ranks the experts are spread over). */
   readonly epSize: number;
+  /** This rank's rank in the EP group. */
   readonly epRank: number;
-  /** TP size inside each expert and this rank's rank in that group. */
+  /** TP size inside each expert. */
   readonly tpSize: number;
+  /** This rank's rank in the TP group inside the experts. */
   readonly tpRank: number;
   /** Experts held by this rank: `[epRank·E/ep, (epRank+1)·E/ep)`. */
   readonly localExperts: readonly number[];

@@ -96,23 +96,29 @@ export function partitionLayers(numLayers: number, stages: number): StagePartiti
  * every rank of the TP group (any reduction done inside).
  */
 export interface DecoderMlp {
+  /** The block's output `[n, hidden]` for its normalized input `[n, hidden]` (float32 on the host). */
   forward(x: Tensor): Promise<Tensor>;
   /** Bytes of parameters this rank holds. */
   readonly parameterBytes: number;
+  /** Frees the parameters. Idempotent. */
   dispose(): void;
 }
 
-/** What a {@link DecoderVariant} gets to build the MLP of decoder layer `layer`. */
+/** What a decoder architecture (Llama's MLP, Mixtral's MoE block) gets to build the MLP of decoder layer `layer`. */
 export interface MlpLoadContext<C extends LlamaConfig = LlamaConfig> {
+  /** The model's checked configuration. */
   config: C;
+  /** The checkpoint directory to read the layer's tensors from. */
   ckpt: CheckpointDir;
   /** Global index of the decoder layer. */
   layer: number;
   /** `model.layers.N.` */
   prefix: string;
-  /** TP group (null at TP 1), dtype and device of the model's layers. */
+  /** TP group of the model's layers (null at TP 1). */
   tp: ProcessGroup | null;
+  /** Parameter dtype of the model's layers. */
   dtype: DType;
+  /** Parameter device of the model's layers. */
   device: Device;
   /** The options given to fromPretrained (variants read their own). */
   options: Record<string, unknown>;
@@ -174,6 +180,7 @@ export class LlamaMlp implements DecoderMlp {
     return n;
   }
 
+  /** down(silu(gate(x)) · up(x)): `[n, hidden]` → `[n, hidden]`, one all-reduce (down_proj) under TP. */
   async forward(x: Tensor): Promise<Tensor> {
     const gu = (await this.gateUpProj.forward(x)) as Tensor;
     const act = await siluAndMul(gu);
@@ -183,6 +190,7 @@ export class LlamaMlp implements DecoderMlp {
     return down;
   }
 
+  /** Frees gate_up_proj and down_proj. Idempotent. */
   dispose(): void {
     this.gateUpProj.dispose();
     this.downProj.dispose();

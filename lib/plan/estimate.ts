@@ -336,13 +336,31 @@ export interface LayoutPlan {
   ppSendBytesPerPrefill: number;
   /**
    * Mixture-of-experts configs only: experts per rank (EP over the TP ranks, as vLLM with one replica), their
-   * bytes, and the all-to-all bytes one rank sends per decode step and per prefill ({@link moeAllToAllBytes}).
+   * bytes, and the all-to-all bytes one rank sends per decode step and per prefill (`moeAllToAllBytes`).
    */
-  moe?: { numExperts: number; topK: number; ep: number; expertsPerRank: number; expertBytesPerRank: number; allToAllBytesPerToken: number; allToAllBytesPerPrefill: number };
+  moe?: MoEPlan;
   /** One decode step (every sequence gets one token). */
   decode: PhaseEstimate;
   /** The prefill of every sequence's `seq` tokens. */
   prefill: PhaseEstimate;
+}
+
+/** The mixture-of-experts part of a {@link LayoutPlan}. */
+export interface MoEPlan {
+  /** Experts per MoE layer (`num_local_experts`). */
+  numExperts: number;
+  /** Experts per token (`num_experts_per_tok`). */
+  topK: number;
+  /** Expert-parallel size (the TP ranks). */
+  ep: number;
+  /** Experts held by each rank. */
+  expertsPerRank: number;
+  /** Bytes of the experts (and router) one rank holds. */
+  expertBytesPerRank: number;
+  /** All-to-all bytes one rank sends per decode step, dispatch and combine, every MoE layer. */
+  allToAllBytesPerToken: number;
+  /** All-to-all bytes one rank sends for the prefill. */
+  allToAllBytesPerPrefill: number;
 }
 
 /** A layout the layers cannot run, and why. */

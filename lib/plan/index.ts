@@ -9,7 +9,7 @@ export {
   planLayouts, layoutRejection, shardElements, rankWeightBytes, rankKvCacheBytes, allReduceMessageBytes, ringAllReduceFactor,
   ringAllGatherFactor, tpForwardBytes, transferTimeUs, allReduceTimeUs, allGatherTimeUs, sendRecvTimeUs, pipelineBubble, DTYPE_BYTES,
 } from './estimate';
-export type { PlanDType, PlanInput, ResolvedPlanInput, PlanResult, LayoutPlan, StagePlan, PhaseEstimate, RejectedLayout, ShardElements } from './estimate';
+export type { PlanDType, PlanInput, ResolvedPlanInput, PlanResult, LayoutPlan, StagePlan, PhaseEstimate, RejectedLayout, ShardElements, MoEPlan } from './estimate';
 export { GPUS, LINKS, linkFromBench } from './hardware';
 export type { GpuSpec, GpuDefault, LinkSpec } from './hardware';
 export { BUILTIN_MODELS, builtinModelConfig } from './models';
