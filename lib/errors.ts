@@ -15,7 +15,8 @@
  *
  * `COLLECTIVE_MISMATCH`: ranks disagree on an op (nothing was sent; the group stays usable). `NATIVE_ERROR`: an
  * unexpected native exception. `STORE_*`: the rendezvous store. `LOOPBACK_ADDRESS`: a multi-node rank would
- * advertise a loopback address. `SHM_UNAVAILABLE`: the shared-memory transport. `GLOO_*`: Gloo failures.
+ * advertise a loopback address. `DUPLICATE_RANK` / `WORLD_SIZE_MISMATCH`: two processes claim one rank, or
+ * ranks disagree on the world size (caught at rendezvous, before Gloo connects). `SHM_UNAVAILABLE`: the shared-memory transport. `GLOO_*`: Gloo failures.
  */
 export type TpkitErrorCode =
   | 'DISPOSED'
@@ -38,6 +39,8 @@ export type TpkitErrorCode =
   | 'STORE_PROTOCOL'
   | 'STORE_LISTEN_FAILED'
   | 'LOOPBACK_ADDRESS'
+  | 'DUPLICATE_RANK'
+  | 'WORLD_SIZE_MISMATCH'
   | 'SHM_UNAVAILABLE'
   | 'CHECKPOINT_INVALID'
   | 'LAUNCH_FAILED'

@@ -169,6 +169,8 @@ function hostIdentity(): string {
 /** One rank's record in the address check. */
 interface AddressRecord extends AdvertisedAddress {
   rank: number;
+  worldSize: number;
+  pid: number;
   hostname: string;
   host: string;
   loopback: boolean;
@@ -188,23 +190,50 @@ function describeRanks(ranks: number[]): string {
  */
 async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv: AdvertisedAddress, timeoutMs: number): Promise<void> {
   const key = (r: number | 'verdict'): string => `${name}/addr/${r}`;
-  const mine: AddressRecord = { ...adv, rank: e.rank, hostname: os.hostname(), host: hostIdentity(), loopback: await isLoopback(adv.address) };
+  const mine: AddressRecord = {
+    ...adv, rank: e.rank, worldSize: e.worldSize, pid: process.pid, hostname: os.hostname(), host: hostIdentity(), loopback: await isLoopback(adv.address),
+  };
+  // Two processes given the same RANK would both wait for Gloo to pair them (Gloo retries its connect for
+  // several timeouts): the second to claim the rank fails here at once.
+  const deadline = Date.now() + timeoutMs;
+  const left = (): number => Math.max(1, deadline - Date.now());
+  const claims = await store.add(`${name}/claim/${e.rank}`, 1);
+  if (claims > 1) {
+    throw new TpkitError('DUPLICATE_RANK', `initDistributed: another process already joined as rank ${e.rank} of ${e.worldSize} (this is pid ${process.pid} on ${os.hostname()}); check RANK (or LOCAL_RANK / the launcher's node rank) of every process`, {
+      backend: 'store', details: { rank: e.rank, worldSize: e.worldSize },
+    });
+  }
   await store.set(key(e.rank), JSON.stringify(mine));
+  if (e.rank !== 0) {
+    // Ranks that disagree with rank 0 on WORLD_SIZE learn it from rank 0's record instead of from Gloo.
+    const zero = JSON.parse((await store.get(key(0), { timeoutMs: left() }).catch(() => Buffer.from('{}'))).toString('utf8')) as Partial<AddressRecord>;
+    if (zero.worldSize !== undefined && zero.worldSize !== e.worldSize) {
+      throw new TpkitError('WORLD_SIZE_MISMATCH', `initDistributed: rank ${e.rank} has WORLD_SIZE ${e.worldSize} but rank 0 (host ${zero.hostname}) has WORLD_SIZE ${zero.worldSize}; every process must be given the same world size`, {
+        backend: 'store', details: { rank: e.rank, worldSize: e.worldSize, rank0WorldSize: zero.worldSize },
+      });
+    }
+  }
   const missingRanks = async (): Promise<number[]> => {
     const out: number[] = [];
     for (let r = 0; r < e.worldSize; r++) if (!(await store.check([key(r)]))) out.push(r);
     return out;
   };
-  let verdict: { problem?: string; missing?: number[]; why?: string };
+  let verdict: { problem?: string; missing?: number[]; why?: string; mismatch?: string };
   // Every rank waits for every address within its own timeout (so each reports the ranks missing at its own
   // deadline); then rank 0 judges them and publishes the verdict, which is there at once for the others.
   const all = Array.from({ length: e.worldSize }, (_, r) => key(r));
   try {
-    await store.wait(all, { timeoutMs });
+    await store.wait(all, { timeoutMs: left() });
     if (e.rank === 0) {
       const recs: AddressRecord[] = [];
       for (let r = 0; r < e.worldSize; r++) recs.push(JSON.parse((await store.get(key(r))).toString('utf8')) as AddressRecord);
       const problems: string[] = [];
+      const others = recs.filter((r) => r.worldSize !== e.worldSize);
+      if (others.length > 0) {
+        verdict = { mismatch: `rank 0 has WORLD_SIZE ${e.worldSize} but ${others.map((r) => `rank ${r.rank} has ${r.worldSize}`).join(', ')}; every process must be given the same world size` };
+        await store.set(key('verdict'), JSON.stringify(verdict));
+        throw new TpkitError('WORLD_SIZE_MISMATCH', `initDistributed: ${verdict.mismatch}`, { backend: 'store', details: { rank: 0, worldSize: e.worldSize } });
+      }
       for (const rec of recs) {
         if (!rec.loopback) continue;
         const away = recs.filter((o) => o.host !== rec.host).map((o) => o.rank);
@@ -222,7 +251,7 @@ async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv
       verdict = problems.length === 0 ? {} : { problem: problems.join('; ') };
       await store.set(key('verdict'), JSON.stringify(verdict));
     } else {
-      verdict = JSON.parse((await store.get(key('verdict'), { timeoutMs })).toString('utf8')) as typeof verdict;
+      verdict = JSON.parse((await store.get(key('verdict'), { timeoutMs: left() })).toString('utf8')) as typeof verdict;
     }
   } catch (err) {
     if (!(err instanceof TpkitError && err.code === 'TIMEOUT')) throw err;
@@ -236,6 +265,9 @@ async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv
       backend: 'store',
       details: { rank: e.rank, worldSize: e.worldSize, timeoutMs, missingRanks: verdict.missing },
     });
+  }
+  if (verdict.mismatch !== undefined) {
+    throw new TpkitError('WORLD_SIZE_MISMATCH', `initDistributed: ${verdict.mismatch}`, { backend: 'store', details: { rank: e.rank, worldSize: e.worldSize } });
   }
   if (verdict.problem !== undefined) {
     throw new TpkitError(
