@@ -67,6 +67,8 @@ interface State {
   ppSize: number;
   epSize: number;
   ppRanks: readonly number[];
+  /** Settles when every group connected (rejects, withdrawing the state, when one failed). */
+  ready: Promise<void>;
 }
 
 let state: State | null = null;
@@ -141,10 +143,18 @@ export function expertParallelLayout(worldSize: number, tensorParallelSize: numb
  * Creates the TP, PP, DP and EP groups. Every rank of the world must call it with the same sizes. Calling it again
  * with the same sizes is a no-op (vLLM's `ensure_model_parallel_initialized`).
  *
- * @throws RangeError when tp × pp does not divide the world size; TpkitError `NOT_INITIALIZED` without a world
- *   group, `ALREADY_INITIALIZED` when initialized with different sizes; rendezvous errors of the new groups
+ * Validation and publication are synchronous: a bad size throws before anything is sent, and the state (the
+ * groups and their sizes) is visible as soon as the call returns, so a layer built before the returned Promise
+ * settles already shards for the right TP size. The Promise resolves when every group has connected (the
+ * groups' operations wait for that on their own); if a group fails to connect it rejects, and the state is
+ * withdrawn (the groups destroyed).
+ *
+ * @returns a Promise that resolves once the groups are connected
+ * @throws (synchronously) TypeError / RangeError for bad sizes, or when tp × pp does not divide the world size;
+ *   TpkitError `NOT_INITIALIZED` without a world group, `ALREADY_INITIALIZED` when initialized with different
+ *   sizes. The Promise rejects with the rendezvous errors of the new groups.
  */
-export async function initializeModelParallel(opts: ModelParallelOptions): Promise<void> {
+export function initializeModelParallel(opts: ModelParallelOptions): Promise<void> {
   const o = options<ModelParallelOptions>(opts, 'options');
   const tpSize = positiveInteger(o.tensorParallelSize, 'tensorParallelSize');
   const ppSize = o.pipelineParallelSize === undefined ? 1 : positiveInteger(o.pipelineParallelSize, 'pipelineParallelSize');
@@ -155,7 +165,7 @@ export async function initializeModelParallel(opts: ModelParallelOptions): Promi
   }
   if (state) {
     const epSame = epOption === undefined || epOption === state.epSize;
-    if (state.tpSize === tpSize && state.ppSize === ppSize && epSame && state.world === world) return;
+    if (state.tpSize === tpSize && state.ppSize === ppSize && epSame && state.world === world) return state.ready;
     throw new TpkitError(
       'ALREADY_INITIALIZED',
       `model parallel is already initialized with tensorParallelSize ${state.tpSize}, pipelineParallelSize ${state.ppSize}; ` +
@@ -187,17 +197,26 @@ export async function initializeModelParallel(opts: ModelParallelOptions): Promi
   const epLikeWorld = !epLikeTp && !epLikeDp && epSize === world.size;
   const epOwned = !epLikeTp && !epLikeDp && !epLikeWorld;
   const ep = epLikeTp ? tp : epLikeDp ? dp : epLikeWorld ? world : pick(epGroups);
-  try {
-    await Promise.all([tp.ready, pp.ready, dp.ready, ep.ready]);
-  } catch (e) {
-    [tp, pp, dp].forEach((g) => g.destroy());
-    if (epOwned) ep.destroy();
-    throw e;
-  }
-  state = { world, tp, pp, dp, ep, epOwned, tpSize, ppSize, epSize, ppRanks: pp.ranks };
+  const s: State = { world, tp, pp, dp, ep, epOwned, tpSize, ppSize, epSize, ppRanks: pp.ranks, ready: Promise.resolve() };
+  s.ready = Promise.all([tp.ready, pp.ready, dp.ready, ep.ready]).then(
+    () => undefined,
+    (e: unknown) => {
+      if (state === s) {
+        [tp, pp, dp].forEach((g) => g.destroy());
+        if (epOwned) ep.destroy();
+        state = null;
+      }
+      throw e;
+    },
+  );
+  state = s;
+  return s.ready;
 }
 
-/** True once {@link initializeModelParallel} succeeded (and until {@link destroyModelParallel}). */
+/**
+ * True from the moment {@link initializeModelParallel} returned (its groups may still be connecting; their
+ * operations wait) until {@link destroyModelParallel}, or until the groups failed to connect.
+ */
 export function modelParallelIsInitialized(): boolean {
   return state !== null;
 }

@@ -42,7 +42,7 @@ test('EP accessors before initialization throw NOT_INITIALIZED', async (t) => {
   t.throws(() => ps.getExpertModelParallelWorldSize(), {
     message: 'expert model parallel group is not initialized; call parallelState.initializeModelParallel() first',
   });
-  await t.throwsAsync(ps.initializeModelParallel({ tensorParallelSize: 1, expertParallelSize: 0 }), {
+  t.throws(() => ps.initializeModelParallel({ tensorParallelSize: 1, expertParallelSize: 0 }), {
     instanceOf: RangeError, message: 'Expected positive integer for expertParallelSize but received 0 of type number',
   });
 });

@@ -44,12 +44,13 @@ test('accessors before initialization throw NOT_INITIALIZED', async (t) => {
   t.throws(() => ps.getTensorModelParallelWorldSize(), {
     message: 'tensor model parallel group is not initialized; call parallelState.initializeModelParallel() first',
   });
-  await t.throwsAsync(ps.initializeModelParallel({ tensorParallelSize: 1 }), {
+  t.throws(() => ps.initializeModelParallel({ tensorParallelSize: 1 }), {
     instanceOf: TpkitError,
     message: 'initializeModelParallel: no world group; call initDistributed() first',
   });
-  await t.throwsAsync(ps.initializeModelParallel({ tensorParallelSize: -1 }), { instanceOf: RangeError });
-  await t.throwsAsync(ps.initializeModelParallel(null as never), { instanceOf: TypeError, message: 'Expected object for options but received null' });
+  // Bad input throws synchronously, before anything is sent (not a rejected Promise).
+  t.throws(() => ps.initializeModelParallel({ tensorParallelSize: -1 }), { instanceOf: RangeError });
+  t.throws(() => ps.initializeModelParallel(null as never), { instanceOf: TypeError, message: 'Expected object for options but received null' });
   ps.destroyModelParallel(); // harmless when not initialized
 });
 
