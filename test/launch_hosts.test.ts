@@ -15,6 +15,13 @@ import test from 'ava';
 
 const CLI = path.join(__dirname, '..', 'lib', 'cli.js');
 const FIXTURE = path.join(__dirname, 'fixtures', 'launch_hosts.js');
+
+/** y = W2 · (W1 · x) of the fixture's layer pair, by plain loops (W1 [8, 4], W2 [4, 8], x = [1, 2, 3, 4]). */
+const TP_LAYER_REFERENCE: number[] = (() => {
+  const x = [1, 2, 3, 4];
+  const h = Array.from({ length: 8 }, (_, o) => x.reduce((s, v, i) => s + (((o * 4 + i) % 5) - 2) * v, 0));
+  return Array.from({ length: 4 }, (_, o) => h.reduce((s, v, i) => s + (((o * 8 + i) % 3) - 1) * v, 0));
+})();
 const tag = (process.pid % 200) + 20;
 const NS = [`tpkit_h${process.pid}_0`, `tpkit_h${process.pid}_1`];
 const VETH = [`tpkv${process.pid}a`.slice(0, 15), `tpkv${process.pid}b`.slice(0, 15)];
@@ -58,7 +65,7 @@ interface NodeRun {
   code: number | null;
   out: string;
   err: string;
-  results: Array<{ rank: number; sum?: number[]; gathered?: number[]; code?: string; message?: string }>;
+  results: Array<{ rank: number; sum?: number[]; gathered?: number[]; layer?: number[]; code?: string; message?: string }>;
 }
 
 /** Runs node `node`'s launcher inside its namespace. */
@@ -102,6 +109,7 @@ hostTest(`two hosts, stock settings: 4 ranks all-reduce and all-gather across th
   for (const r of all) {
     t.deepEqual(r.sum, [0, 10, 20, 30]);
     t.deepEqual(r.gathered, [0, 1, 2, 3]);
+    t.deepEqual(r.layer, TP_LAYER_REFERENCE, 'the TP layer pair across both hosts equals the plain-loop product');
   }
 });
 
