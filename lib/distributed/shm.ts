@@ -27,7 +27,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 
 import { loadCore, type NativeShmComm } from '../native';
-import { HostStorage } from '../backend/cpu';
+import { hostFloat32Of, wrapHostFloat32 } from '../backend';
 import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
@@ -141,8 +141,7 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
 }
 
 function hostF32(t: Tensor): Float32Array | null {
-  if (t.device === 'cpu' && t.dtype === 'float32') return (t._storage as HostStorage).f32;
-  return null;
+  return t.device === 'cpu' ? hostFloat32Of(t._storage) : null;
 }
 
 async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }> {
@@ -152,7 +151,7 @@ async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }>
 }
 
 function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
-  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(new HostStorage('float32', values), shape);
+  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(wrapHostFloat32(values), shape);
   return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
 }
 
