@@ -102,6 +102,7 @@ const BAD_CASES: BadCase[] = [
   { title: 'allReduce options string', run: (w) => w.allReduce(f32(), 'sum' as never), error: TypeError, message: 'Expected object for options but received sum of type string' },
   { title: 'allReduce timeoutMs negative', run: (w) => w.allReduce(f32(), { timeoutMs: -5 }), error: RangeError, message: 'Expected positive integer for timeoutMs but received -5 of type number' },
   { title: 'allReduce timeoutMs string', run: (w) => w.allReduce(f32(), { timeoutMs: '5' as never }), error: TypeError, message: 'Expected positive integer for timeoutMs but received 5 of type string' },
+  { title: 'allReduce timeoutMs 2^31', run: (w) => w.allReduce(f32(), { timeoutMs: 2 ** 31 }), error: RangeError, message: "Expected integer in [1, 2147483648) (ms; Node's timers fire at once beyond) for timeoutMs but received 2147483648 of type number" },
 
   // allGather
   { title: 'allGather dim = ndim', run: (w) => w.allGather(f32(), { dim: 2 }), error: RangeError, message: 'Expected integer in [-2, 2) for dim but received 2 of type number' },

@@ -15,6 +15,7 @@
  * @module
  */
 import { TpkitError } from '../errors';
+import { MAX_TIMEOUT_MS } from './env';
 import { Tensor, checkTensor, formatShape } from '../tensor';
 import { cat } from '../ops';
 import { dimIndex, integerInRange, nonNegativeInteger, oneOf, options, positiveInteger, typeError } from '../validate';
@@ -432,7 +433,11 @@ export class ProcessGroup {
   }
 
   #timeout(value: unknown): number {
-    return value === undefined ? this.timeoutMs : positiveInteger(value, 'timeoutMs');
+    if (value === undefined) return this.timeoutMs;
+    const ms = positiveInteger(value, 'timeoutMs');
+    // Node's timers clamp anything longer to 1 ms: a "300-day" timeout would fire at once.
+    if (ms > MAX_TIMEOUT_MS) throw new RangeError(`Expected integer in [1, ${MAX_TIMEOUT_MS + 1}) (ms; Node's timers fire at once beyond) for timeoutMs but received ${ms} of type number`);
+    return ms;
   }
 
   #checkPeer(peer: unknown, name: string, verb: string): void {
