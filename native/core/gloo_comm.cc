@@ -32,6 +32,7 @@
 #endif
 
 #include "async_work.h"
+#include "comm_job.h"
 #include "js_store.h"
 
 namespace tpkit {
@@ -419,38 +420,8 @@ struct GlooState {
   }
 };
 
-namespace {
-
-// Ticks the pending count and refs the completion function so the process stays alive while ops are queued.
-struct PendingGuard {
-  static void Enter(GlooState& s, Napi::Env env) {
-    if (s.pending++ == 0) s.tsfn.Ref(env);
-  }
-  static void Leave(GlooState& s, Napi::Env env) {
-    // Once stopping, the loop thread releases the function itself; touching it again would race that.
-    if (--s.pending == 0 && !s.stopping) s.tsfn.Unref(env);
-  }
-};
-
-}  // namespace
-
 // Settles a job's Promise on the main thread and drops the pending count it held (no JavaScript callback).
-void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) {
-  if (env != nullptr) {
-    // While the environment is shutting down (a settlement that arrives as the process exits) no JavaScript can
-    // run: node-addon-api then throws, and an exception escaping this callback would abort the process.
-    try {
-      if (job->code.empty()) {
-        job->deferred.Resolve(env.Undefined());
-      } else {
-        job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
-      }
-    } catch (const Napi::Error&) {
-    }
-    if (job->state != nullptr) PendingGuard::Leave(*job->state, env);
-  }
-  delete job;
-}
+void SettleJob(Napi::Env env, Napi::Function, std::nullptr_t*, Job* job) { SettleCodedJob(env, job, "gloo"); }
 
 Napi::Function GlooComm::Init(Napi::Env env) {
   return DefineClass(env, "GlooComm",
@@ -521,7 +492,7 @@ Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<GlooState>& s, std::fun
       delete job;
       return p;
     }
-    PendingGuard::Enter(*s, env);
+    EnterPending(*s, env);
     job->state = s.get();
     s->queue.push_back(job);
   }
@@ -551,7 +522,7 @@ Napi::Value Spawn(Napi::Env env, const std::shared_ptr<GlooState>& s, std::funct
       delete job;
       return p;
     }
-    PendingGuard::Enter(*s, env);
+    EnterPending(*s, env);
     job->state = s.get();
   }
   std::thread([s, job]() {
@@ -1080,7 +1051,7 @@ Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
   GlooState& s = *state_;
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    // Unref before `stopping` is set: until then the thread cannot release the function (see PendingGuard).
+    // Unref before `stopping` is set: until then the thread cannot release the function (see LeavePending in comm_job.h).
     if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
     s.stopping = true;
     // Point-to-point waits end at once (their threads then reject with GROUP_DESTROYED and end).

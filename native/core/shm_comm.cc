@@ -32,6 +32,7 @@
 #endif
 
 #include "async_work.h"
+#include "comm_job.h"
 
 namespace tpkit {
 
@@ -392,15 +393,6 @@ struct ShmState {
 
 namespace {
 
-struct PendingGuard {
-  static void Enter(ShmState& s, Napi::Env env) {
-    if (s.pending++ == 0) s.tsfn.Ref(env);
-  }
-  static void Leave(ShmState& s, Napi::Env env) {
-    if (--s.pending == 0 && !s.stopping) s.tsfn.Unref(env);
-  }
-};
-
 Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::function<void()> run,
                     std::initializer_list<Napi::Value> keep) {
   auto* job = new ShmJob(env);
@@ -416,7 +408,7 @@ Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::func
       delete job;
       return p;
     }
-    PendingGuard::Enter(*s, env);
+    EnterPending(*s, env);
     job->state = s.get();
     s->queue.push_back(job);
   }
@@ -467,20 +459,7 @@ void ReduceSlots(const ShmState& s, uint64_t rnd, int64_t redop, size_t off, siz
 
 }  // namespace
 
-void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job) {
-  if (env != nullptr) {
-    try {
-      if (job->code.empty()) {
-        job->deferred.Resolve(env.Undefined());
-      } else {
-        job->deferred.Reject(MakeTpkitError(env, job->code, job->message, "gloo").Value());
-      }
-    } catch (const Napi::Error&) {
-    }
-    if (job->state != nullptr) PendingGuard::Leave(*job->state, env);
-  }
-  delete job;
-}
+void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job) { SettleCodedJob(env, job, "gloo"); }
 
 Napi::Function ShmComm::Init(Napi::Env env) {
   return DefineClass(env, "ShmComm",
