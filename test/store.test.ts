@@ -427,7 +427,8 @@ test('TPKIT_TIMEOUT_MS sets the default timeout', async (t) => {
   const started = Date.now();
   const e = await t.throwsAsync(p, { instanceOf: TpkitError });
   t.is(e?.code, 'STORE_UNREACHABLE');
-  t.true(Date.now() - started < 1300);
+  // Far below the 300 s default; the margin absorbs a loaded 2-core machine (1.3 s failed once under the full suite).
+  t.true(Date.now() - started < 5000, `${Date.now() - started} ms`);
   t.regex(e!.message, /within 300 ms/);
 });
 
