@@ -238,7 +238,13 @@ test('timeOp: warm-up, barrier hook, and both waiting rules', async (t) => {
         inFlight++;
         maxInFlight = Math.max(maxInFlight, inFlight);
         events.push('op');
-        await new Promise((r) => setTimeout(r, 2));
+        // At least 2 ms by the monotonic clock timeOp reads: a plain setTimeout(2) may fire early, since
+        // libuv schedules timers from the loop's cached time (seen in CI: 532 µs per op for three of them).
+        const end = process.hrtime.bigint() + 2_000_000n;
+        await new Promise<void>((r) => {
+          const poll = (): void => void (process.hrtime.bigint() >= end ? r() : setTimeout(poll, 1));
+          poll();
+        });
         inFlight--;
         return 1;
       },
