@@ -318,13 +318,13 @@ test('a missing key times out with TIMEOUT naming the key, and the server drops 
   const elapsed = Date.now() - started;
   t.is(e?.code, 'TIMEOUT');
   t.is(e?.message, 'store get of key "foo" timed out after 300 ms');
-  t.true(elapsed >= 290 && elapsed < 1300, `took ${elapsed} ms`);
+  t.true(elapsed >= 290 && elapsed < 5000, `took ${elapsed} ms`);
 
   started = Date.now();
   const w = await t.throwsAsync(s.wait(['a', 'b'], { timeoutMs: 200 }), { instanceOf: TpkitError });
   t.is(w?.code, 'TIMEOUT');
   t.is(w?.message, 'store wait for keys "a", "b" timed out after 200 ms');
-  t.true(Date.now() - started < 1200);
+  t.true(Date.now() - started < 5000);
 
   // The CANCEL reached the server: no waiter is left behind (numKeys is answered after the CANCEL).
   await s.numKeys();
@@ -403,7 +403,7 @@ test('connect() to a port nobody listens on rejects with STORE_UNREACHABLE after
   const elapsed = Date.now() - started;
   t.is(e?.code, 'STORE_UNREACHABLE');
   t.true(e!.message.includes(`${HOST}:${port}`), e!.message);
-  t.true(elapsed >= 450 && elapsed < 1500, `took ${elapsed} ms`);
+  t.true(elapsed >= 450 && elapsed < 5000, `took ${elapsed} ms`);
 });
 
 test('connect() retries until the server comes up', async (t) => {
