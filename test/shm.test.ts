@@ -141,7 +141,7 @@ test('world 2: ranks that disagree on a size reject with COLLECTIVE_MISMATCH on 
     t.false(r!.failure.ok);
     if (!r!.failure.ok) {
       t.is(r!.failure.error.code, 'COLLECTIVE_MISMATCH');
-      t.regex(r!.failure.error.message, /rank 0: all_reduce\(seq 0, float32, count 8, op sum\); rank 1: all_reduce\(seq 0, float32, count 16, op sum\)/);
+      t.regex(r!.failure.error.message, /rank 0: allReduce\(seq 0, float32, count 8, op sum\); rank 1: allReduce\(seq 0, float32, count 16, op sum\)/);
     }
     t.deepEqual(r!.after, [0, 3, 6, 9, 12, 15]);
   }

@@ -34,7 +34,7 @@ import { Tensor } from '../tensor';
 import type { OpContext, RendezvousStore } from './comm';
 
 /** Whether shared memory is used when `TPKIT_SHM` is unset and no option is given. */
-export const SHM_DEFAULT = false;
+export const SHM_DEFAULT = true;
 
 /** Where segments are created. */
 export const SHM_DIR = '/dev/shm';

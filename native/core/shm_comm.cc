@@ -49,15 +49,19 @@ constexpr auto kLivenessPeriod = ms(100);
 // All-reduces of at most this many bytes finish in one round (every rank reduces every slot); larger ones
 // reduce-scatter then all-gather through the slots, two rounds per slot-sized chunk.
 constexpr size_t kOneRoundBytes = 64 * 1024;
+// A one-round op issued while the communicator's thread is idle runs on the calling thread: it publishes its
+// round, spins at most this long for the peers, and completes there if they all arrived (no thread hand-off,
+// which alone costs ≈ 50 µs here); otherwise the communicator's thread waits for the rest.
+constexpr auto kInlineSpin = std::chrono::microseconds(40);
 
 enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
 const char* OpName(int64_t op) {
   switch (op) {
-    case kAllReduce: return "all_reduce";
-    case kAllGather: return "all_gather";
-    case kReduceScatter: return "reduce_scatter";
+    case kAllReduce: return "allReduce";
+    case kAllGather: return "allGather";
+    case kReduceScatter: return "reduceScatter";
     case kBroadcast: return "broadcast";
-    case kAllToAll: return "all_to_all";
+    case kAllToAll: return "allToAll";
     case kBarrier: return "barrier";
     default: return "unknown";
   }
@@ -354,12 +358,34 @@ struct ShmState {
   // rank's view; every rank ran exactly this one round, so the group stays usable).
   template <typename Fill>
   void Round(const Descriptor* desc, Fill fill, Clock::time_point deadline) {
+    const uint64_t rnd = Begin(desc, fill);
+    WaitAll(rnd, OpName(desc != nullptr ? desc->op : current), deadline);
+    if (desc != nullptr) CheckDescriptors(*desc, rnd);
+  }
+
+  // The first half of a round: write the descriptor and this rank's slot, publish. Returns the round.
+  template <typename Fill>
+  uint64_t Begin(const Descriptor* desc, Fill fill) {
     const uint64_t rnd = ++round;
     if (desc != nullptr) ControlOf(rank)->desc[rnd & 1] = *desc;
     fill(Slot(rank, rnd));
     Publish(rnd);
-    WaitAll(rnd, OpName(desc != nullptr ? desc->op : current), deadline);
-    if (desc == nullptr) return;
+    return rnd;
+  }
+
+  // Whether every rank publishes round `rnd` within `spin` (no sleeping).
+  bool SpinAll(uint64_t rnd, std::chrono::microseconds spin) const {
+    const auto until = Clock::now() + spin;
+    for (int i = 0;; i++) {
+      if (AllAt(rnd)) return true;
+      TPKIT_PAUSE();
+      if ((i & 63) == 63 && Clock::now() >= until) return AllAt(rnd);
+    }
+  }
+
+  // Once every rank has published round `rnd`: every rank's descriptor of it must equal `desc`.
+  void CheckDescriptors(const Descriptor& descRef, uint64_t rnd) const {
+    const Descriptor* desc = &descRef;
     bool same = true;
     for (int q = 0; q < size; q++) {
       const Descriptor& d = ControlOf(q)->desc[rnd & 1];
@@ -414,6 +440,46 @@ Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::func
   }
   s->cv.notify_one();
   return p;
+}
+
+// A one-round op: `fill` writes this rank's slot, `after(round)` reads the result out of the slots. When the
+// communicator's thread is idle (nothing of this group queued or running) the calling thread publishes the round
+// and spins at most kInlineSpin for the peers: if they all arrived, the op completes here and its Promise is
+// already settled. Otherwise the communicator's thread waits for the rest (sleeping, with liveness checks), or,
+// when ops are queued, runs the whole op after them, in issue order.
+Napi::Value OneRound(Napi::Env env, const std::shared_ptr<ShmState>& s, const Descriptor& desc, ms t,
+                     std::function<void(float*)> fill, std::function<void(uint64_t)> after,
+                     std::initializer_list<Napi::Value> keep) {
+  const auto deadline = Clock::now() + t;
+  // `pending` is this thread's count of unsettled ops: 0 means the communicator's thread is idle (a job settles
+  // only after it has run), so this thread may use the round counter and the slots.
+  const bool idle = s->pending == 0 && s->started && !s->broken && !s->stopping && !s->localAbort;
+  if (!idle) {
+    return Enqueue(env, s, [=]() {
+      s->current = desc.op;
+      s->Round(&desc, fill, deadline);
+      after(s->round);
+    }, keep);
+  }
+  s->current = desc.op;
+  const uint64_t rnd = s->Begin(&desc, fill);
+  if (!s->SpinAll(rnd, kInlineSpin)) {
+    return Enqueue(env, s, [=]() {
+      s->WaitAll(rnd, OpName(desc.op), deadline);
+      s->CheckDescriptors(desc, rnd);
+      after(rnd);
+    }, keep);
+  }
+  auto deferred = Napi::Promise::Deferred::New(env);
+  try {
+    s->CheckDescriptors(desc, rnd);
+    after(rnd);
+    deferred.Resolve(env.Undefined());
+  } catch (const CodedError& e) {
+    if (e.code != "COLLECTIVE_MISMATCH") s->broken = true;
+    deferred.Reject(MakeTpkitError(env, e.code, e.message, "gloo").Value());
+  }
+  return deferred.Promise();
 }
 
 ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const ShmState& s) {
@@ -610,18 +676,19 @@ Napi::Value ShmComm::AllReduce(const Napi::CallbackInfo& info) {
   const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const ms t = OpTimeout(info, 5, *s);
+  const Descriptor desc(seq, kAllReduce, dtype, count, -1, redop, -1);
+  const size_t n = static_cast<size_t>(count);
+  if (n * sizeof(float) <= kOneRoundBytes) {
+    // One round: every rank copies in, then reduces every slot in rank order.
+    return OneRound(info.Env(), s, desc, t, [=](float* mine) { std::memcpy(mine, buf, n * sizeof(float)); },
+                    [=](uint64_t rnd) {
+                      if (n > 0) ReduceSlots(*s, rnd, redop, 0, n, buf);
+                    }, {info[0]});
+  }
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllReduce;
-    const Descriptor desc(seq, kAllReduce, dtype, count, -1, redop, -1);
-    const size_t n = static_cast<size_t>(count);
     const size_t slot = s->SlotFloats();
-    if (n * sizeof(float) <= kOneRoundBytes) {
-      // One round: every rank copies in, then reduces every slot in rank order.
-      s->Round(&desc, [&](float* mine) { std::memcpy(mine, buf, n * sizeof(float)); }, deadline);
-      if (n > 0) ReduceSlots(*s, s->round, redop, 0, n, buf);
-      return;
-    }
     // Per slot-sized chunk: reduce-scatter (rank r reduces part r of every slot), then all-gather the parts.
     const size_t ranks = static_cast<size_t>(s->size);
     const Descriptor* first = &desc;
@@ -657,11 +724,19 @@ Napi::Value ShmComm::AllGather(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 6, *s);
   Descriptor desc(seq, kAllGather, dtype, count, -1, -1, dim);
   ShapeArg(info, 7, desc);
+  const size_t n = static_cast<size_t>(count);
+  const size_t slot = s->SlotFloats();
+  if (n <= slot) {
+    return OneRound(info.Env(), s, desc, t, [=](float* mine) { std::memcpy(mine, in, n * sizeof(float)); },
+                    [=](uint64_t rnd) {
+                      for (int q = 0; q < s->size && n > 0; q++) {
+                        std::memcpy(out + n * static_cast<size_t>(q), s->Slot(q, rnd), n * sizeof(float));
+                      }
+                    }, {info[0], info[1]});
+  }
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllGather;
-    const size_t n = static_cast<size_t>(count);
-    const size_t slot = s->SlotFloats();
     const Descriptor* first = &desc;
     size_t off = 0;
     do {
@@ -719,13 +794,20 @@ Napi::Value ShmComm::Broadcast(const Napi::CallbackInfo& info) {
   const int64_t seq = IntArg(info, 3, "seq", 0, int64_t{1} << 31);
   const int64_t dtype = IntArg(info, 4, "dtype", 0, 2);
   const ms t = OpTimeout(info, 5, *s);
+  const Descriptor desc(seq, kBroadcast, dtype, count, root, -1, -1);
+  const size_t n = static_cast<size_t>(count);
+  const size_t slot = s->SlotFloats();
+  const bool isRoot = s->rank == root;
+  if (n <= slot) {
+    return OneRound(info.Env(), s, desc, t, [=](float* mine) {
+      if (isRoot) std::memcpy(mine, buf, n * sizeof(float));
+    }, [=](uint64_t rnd) {
+      if (!isRoot && n > 0) std::memcpy(buf, s->Slot(static_cast<int>(root), rnd), n * sizeof(float));
+    }, {info[0]});
+  }
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kBroadcast;
-    const Descriptor desc(seq, kBroadcast, dtype, count, root, -1, -1);
-    const size_t n = static_cast<size_t>(count);
-    const size_t slot = s->SlotFloats();
-    const bool isRoot = s->rank == root;
     const Descriptor* first = &desc;
     size_t off = 0;
     do {
@@ -780,11 +862,8 @@ Napi::Value ShmComm::Barrier(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int64_t seq = IntArg(info, 0, "seq", 0, int64_t{1} << 31);
   const ms t = OpTimeout(info, 1, *s);
-  return Enqueue(info.Env(), s, [=]() {
-    s->current = kBarrier;
-    const Descriptor desc(seq, kBarrier, 0, 0, -1, -1, -1);
-    s->Round(&desc, [](float*) {}, Clock::now() + t);
-  }, {});
+  const Descriptor desc(seq, kBarrier, 0, 0, -1, -1, -1);
+  return OneRound(info.Env(), s, desc, t, [](float*) {}, [](uint64_t) {}, {});
 }
 
 // close(): queued ops reject with GROUP_DESTROYED; the mapping goes with the last reference to the state.
