@@ -42,14 +42,18 @@ if (!gpu.cuda) test.skip(`layers on cuda tensors: no GPU visible (${gpu.reason ?
 
 for (const device of DEVICES) {
 const on = device === 'cpu' ? '' : ` on ${device}`;
-const runs = new Map<number, () => Promise<import('./helpers/run_ranks').RanksOutcome<Result>>>();
+const runs = new Map<number | string, () => Promise<import('./helpers/run_ranks').RanksOutcome<Result>>>();
 for (const W of [1, 2, 4]) {
   runs.set(W, sharedRun(() => runRanks<Result>(W, 'dist_layers', 'linear', { timeoutMs: 90_000, env: { TPKIT_TEST_DEVICE: device } })));
+  // The same layers with shared memory off: Gloo TCP between the ranks.
+  if (W > 1) runs.set(`${W}/tcp`, sharedRun(() => runRanks<Result>(W, 'dist_layers', 'linear', { timeoutMs: 90_000, env: { TPKIT_TEST_DEVICE: device, TPKIT_SHM: 'off' } })));
 }
 
-for (const W of [1, 2, 4]) {
-  test(`linear layers${on} at TP ${W} match the full-matrix reference (int: bit-identical, float: 1e-5)`, async (t) => {
-    const out = await runs.get(W)!();
+for (const [key, W] of [[1, 1], [2, 2], [4, 4], ['2/tcp', 2], ['4/tcp', 4]] as const) {
+  const over = typeof key === 'string' ? ' over Gloo TCP (TPKIT_SHM=off)' : '';
+  test(`linear layers${on} at TP ${W}${over} match the full-matrix reference (int: bit-identical, float: 1e-5)`, async (t) => {
+    const out = await runs.get(key)!();
+    if (W > 1) t.true(out.results.every((r) => r?.sharedMemory === !over), `shared memory ${over ? 'off' : 'on'} on every rank`);
     assertRanksOk(t, out);
     const tp = W;
     const IN = 13 * tp;
@@ -82,6 +86,9 @@ for (const W of [1, 2, 4]) {
     }
   });
 
+}
+
+for (const W of [1, 2, 4]) {
   test(`loadWeight keeps this rank's shard${on} at TP ${W} (column rows, row columns, merged and QKV parts, file reads)`, async (t) => {
     const out = await runs.get(W)!();
     assertRanksOk(t, out);
