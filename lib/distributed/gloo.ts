@@ -147,8 +147,9 @@ export class GlooCommunicator implements Communicator {
     });
   }
 
-  /** Uneven all-to-all (see {@link Communicator.allToAllV}) through the native `allToAllV` (Gloo's alltoallv). */
+  /** Uneven all-to-all (see {@link Communicator.allToAllV}): shared memory when the group has it, else Gloo's alltoallv. */
   allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
+    if (this.shm) return this.shm.allToAllV(t, inputSplits, outputSplits, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);

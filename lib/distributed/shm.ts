@@ -16,8 +16,8 @@
  * If any step fails (a full /dev/shm, a segment another rank cannot open) every rank falls back to Gloo TCP,
  * with one warning naming the size needed and `TPKIT_SHM`.
  *
- * The transport carries all-reduce (every op), all-gather, reduce-scatter, broadcast, all-to-all and barrier;
- * uneven all-to-all and send/recv stay on Gloo TCP.
+ * The transport carries all-reduce (every op), all-gather, reduce-scatter, broadcast, all-to-all (even and uneven)
+ * and barrier; send/recv stay on Gloo TCP.
  *
  * @module
  * @internal
@@ -203,6 +203,17 @@ export class ShmTransport {
       const out = new Float32Array(buf.length);
       await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
       return like(t, out, t.shape);
+    });
+  }
+
+  allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
+      const outRows = outputSplits.reduce((a, b) => a + b, 0);
+      const out = new Float32Array(outRows * rowElems);
+      await this.native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      return like(t, out, [outRows, ...t.shape.slice(1)]);
     });
   }
 

@@ -108,6 +108,7 @@ export interface NativeShmComm {
   reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
   allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
+  allToAllV(input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[], seq: number, dtype: number, timeoutMs?: number): NativePromise;
   barrier(seq: number, timeoutMs?: number): NativePromise;
   close(): void;
   /** close() plus the segment's abort word: peers waiting on this rank fail at once with `PEER_LOST`. */

@@ -4,6 +4,10 @@
 
 #include <napi.h>
 
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include "async_work.h"
 
 namespace tpkit {
@@ -41,6 +45,44 @@ void SettleCodedJob(Napi::Env env, Job* job, const char* backend) {
     if (job->state != nullptr) LeavePending(*job->state, env);
   }
   delete job;
+}
+
+// Reads a JS array of `n` row counts (non-negative integers up to `max`) for an uneven all-to-all.
+inline std::vector<int64_t> SplitArg(const Napi::CallbackInfo& info, size_t i, const char* name, int n, int64_t max) {
+  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), std::string("Expected array for ") + name);
+  auto a = info[i].As<Napi::Array>();
+  if (a.Length() != static_cast<uint32_t>(n)) {
+    throw Napi::RangeError::New(info.Env(), std::string("Expected ") + std::to_string(n) + " entries for " + name);
+  }
+  std::vector<int64_t> out(static_cast<size_t>(n));
+  for (int r = 0; r < n; r++) {
+    Napi::Value v = a.Get(static_cast<uint32_t>(r));
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
+    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > static_cast<double>(max)) {
+      throw Napi::RangeError::New(info.Env(), std::string("Expected non-negative integers for ") + name);
+    }
+    out[static_cast<size_t>(r)] = static_cast<int64_t>(d);
+  }
+  return out;
+}
+
+// `all` holds every rank's [input split sizes, output split sizes] (2n words per rank, rank-major). Returns
+// where they disagree (rank i's output split j must equal rank j's input split i; at most 8 named), or "".
+inline std::string SplitMismatch(const std::vector<int64_t>& all, int n) {
+  const size_t words = 2 * static_cast<size_t>(n);
+  std::ostringstream bad;
+  int shown = 0;
+  for (int i = 0; i < n; i++) {
+    for (int j = 0; j < n; j++) {
+      const int64_t expects = all[words * i + n + j];  // rank i's outputSplitSizes[j]
+      const int64_t sends = all[words * j + i];        // rank j's inputSplitSizes[i]
+      if (expects != sends && shown++ < 8) {
+        bad << (shown > 1 ? "; " : "") << "rank " << i << " expects " << expects << " rows from rank " << j
+            << ", which sends " << sends;
+      }
+    }
+  }
+  return bad.str();
 }
 
 }  // namespace tpkit

@@ -833,26 +833,6 @@ Napi::Value GlooComm::AllToAll(const Napi::CallbackInfo& info) {
   }, {info[0], info[1]});
 }
 
-namespace {
-// Reads a JS array of `n` row counts (non-negative integers) for all_to_all_v.
-std::vector<int64_t> SplitArg(const Napi::CallbackInfo& info, size_t i, const char* name, int n) {
-  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), std::string("Expected array for ") + name);
-  auto a = info[i].As<Napi::Array>();
-  if (a.Length() != static_cast<uint32_t>(n)) {
-    throw Napi::RangeError::New(info.Env(), std::string("Expected ") + std::to_string(n) + " entries for " + name);
-  }
-  std::vector<int64_t> out(static_cast<size_t>(n));
-  for (int r = 0; r < n; r++) {
-    Napi::Value v = a.Get(static_cast<uint32_t>(r));
-    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(d >= 0) || d != static_cast<double>(static_cast<int64_t>(d)) || d > static_cast<double>(kMaxCount)) {
-      throw Napi::RangeError::New(info.Env(), std::string("Expected non-negative integers for ") + name);
-    }
-    out[static_cast<size_t>(r)] = static_cast<int64_t>(d);
-  }
-  return out;
-}
-}  // namespace
 
 // allToAllV(input, output, rowElems, inputSplits: number[], outputSplits: number[], seq, dtype, timeoutMs?) —
 // torch's all_to_all_single with split sizes: rows [Σ in[<j], Σ in[≤j]) of input go to rank j; the rows from rank i
@@ -865,8 +845,8 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int n = s->size;
   const int64_t rowElems = IntArg(info, 2, "rowElems", 0, kMaxCount);
-  const std::vector<int64_t> inSplits = SplitArg(info, 3, "inputSplitSizes", n);
-  const std::vector<int64_t> outSplits = SplitArg(info, 4, "outputSplitSizes", n);
+  const std::vector<int64_t> inSplits = SplitArg(info, 3, "inputSplitSizes", n, kMaxCount);
+  const std::vector<int64_t> outSplits = SplitArg(info, 4, "outputSplitSizes", n, kMaxCount);
   int64_t inRows = 0, outRows = 0;
   for (int r = 0; r < n; r++) {
     inRows += inSplits[static_cast<size_t>(r)];
@@ -910,22 +890,11 @@ Napi::Value GlooComm::AllToAllV(const Napi::CallbackInfo& info) {
         opts.setTimeout(t);
         gloo::allgather(opts);
       }
-      std::ostringstream bad;
-      int shown = 0;
-      for (int i = 0; i < n; i++) {
-        for (int j = 0; j < n; j++) {
-          const int64_t expects = all[mine.size() * i + n + j];  // rank i's outputSplitSizes[j]
-          const int64_t sends = all[mine.size() * j + i];        // rank j's inputSplitSizes[i]
-          if (expects != sends && shown++ < 8) {
-            bad << (shown > 1 ? "; " : "") << "rank " << i << " expects " << expects << " rows from rank " << j
-                << ", which sends " << sends;
-          }
-        }
-      }
-      if (shown > 0) {
+      const std::string bad = SplitMismatch(all, n);
+      if (!bad.empty()) {
         throw CodedError{"COLLECTIVE_MISMATCH", "allToAllV split sizes disagree at sequence number " +
                                                     std::to_string(seq) + " (seen by rank " + std::to_string(s->rank) +
-                                                    "): " + bad.str()};
+                                                    "): " + bad};
       }
     }
     std::vector<int64_t> inElems(inSplits), outElems(outSplits);

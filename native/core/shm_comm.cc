@@ -54,7 +54,7 @@ constexpr size_t kOneRoundBytes = 64 * 1024;
 // which alone costs ≈ 50 µs here); otherwise the communicator's thread waits for the rest.
 constexpr auto kInlineSpin = std::chrono::microseconds(40);
 
-enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier };
+enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
 const char* OpName(int64_t op) {
   switch (op) {
     case kAllReduce: return "allReduce";
@@ -63,6 +63,7 @@ const char* OpName(int64_t op) {
     case kBroadcast: return "broadcast";
     case kAllToAll: return "allToAll";
     case kBarrier: return "barrier";
+    case kAllToAllV: return "allToAllV";
     default: return "unknown";
   }
 }
@@ -538,6 +539,7 @@ Napi::Function ShmComm::Init(Napi::Env env) {
                       InstanceMethod("reduceScatter", &ShmComm::ReduceScatter),
                       InstanceMethod("broadcast", &ShmComm::Broadcast),
                       InstanceMethod("allToAll", &ShmComm::AllToAll),
+                      InstanceMethod("allToAllV", &ShmComm::AllToAllV),
                       InstanceMethod("barrier", &ShmComm::Barrier),
                       InstanceMethod("close", &ShmComm::Close),
                       InstanceMethod("abort", &ShmComm::Abort)});
@@ -854,6 +856,80 @@ Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
       }
       off += len;
     } while (off < c);
+  }, {info[0], info[1]});
+}
+
+// allToAllV(input, output, rowElems, inputSplits: number[], outputSplits: number[], seq, dtype, timeoutMs?) — as
+// GlooComm's: rows [Σ in[<j], Σ in[≤j]) of input go to rank j; the rows from rank i land at rows [Σ out[<i],
+// Σ out[≤i]) of output. The first round carries every rank's split sizes (checked on every rank, with the check
+// off too, so a disagreement is COLLECTIVE_MISMATCH everywhere before data moves and the group stays usable);
+// then each round moves one slot-piece of every pair's rows, as many rounds as the largest pair needs.
+Napi::Value ShmComm::AllToAllV(const Napi::CallbackInfo& info) {
+  auto s = state_;
+  const int n = s->size;
+  const int64_t rowElems = IntArg(info, 2, "rowElems", 0, kMaxCount);
+  const std::vector<int64_t> inSplits = SplitArg(info, 3, "inputSplitSizes", n, kMaxCount);
+  const std::vector<int64_t> outSplits = SplitArg(info, 4, "outputSplitSizes", n, kMaxCount);
+  int64_t inRows = 0, outRows = 0;
+  for (int r = 0; r < n; r++) {
+    inRows += inSplits[static_cast<size_t>(r)];
+    outRows += outSplits[static_cast<size_t>(r)];
+  }
+  if (inRows * rowElems > kMaxCount || outRows * rowElems > kMaxCount) {
+    throw Napi::RangeError::New(info.Env(), "allToAllV is too large");
+  }
+  float* in = F32Data(info[0], static_cast<size_t>(inRows * rowElems), "input");
+  float* out = F32Data(info[1], static_cast<size_t>(outRows * rowElems), "output");
+  const int64_t seq = IntArg(info, 5, "seq", 0, int64_t{1} << 31);
+  const int64_t dtype = IntArg(info, 6, "dtype", 0, 2);
+  const ms t = OpTimeout(info, 7, *s);
+  const Descriptor desc(seq, kAllToAllV, dtype, rowElems, -1, -1, 0);
+  return Enqueue(info.Env(), s, [=]() {
+    const auto deadline = Clock::now() + t;
+    s->current = kAllToAllV;
+    const size_t ranks = static_cast<size_t>(n);
+    const size_t words = 2 * ranks;
+    // Round 1: the split sizes (2n int64 words per rank; ≤ 4 KiB, well inside a slot).
+    s->Round(&desc, [&](float* mine) {
+      auto* w = reinterpret_cast<int64_t*>(mine);
+      std::copy(inSplits.begin(), inSplits.end(), w);
+      std::copy(outSplits.begin(), outSplits.end(), w + ranks);
+    }, deadline);
+    std::vector<int64_t> all(words * ranks);
+    for (int q = 0; q < n; q++) {
+      std::memcpy(all.data() + words * q, s->Slot(q, s->round), words * sizeof(int64_t));
+    }
+    const std::string bad = SplitMismatch(all, n);
+    if (!bad.empty()) {
+      throw CodedError{"COLLECTIVE_MISMATCH", "allToAllV split sizes disagree at sequence number " +
+                                                  std::to_string(seq) + " (seen by rank " + std::to_string(s->rank) +
+                                                  "): " + bad};
+    }
+    // Element offsets of this rank's blocks, and the largest block of any pair (the number of rounds).
+    const size_t re = static_cast<size_t>(rowElems);
+    std::vector<size_t> inOff(ranks + 1, 0), outOff(ranks + 1, 0);
+    for (size_t q = 0; q < ranks; q++) {
+      inOff[q + 1] = inOff[q] + static_cast<size_t>(inSplits[q]) * re;
+      outOff[q + 1] = outOff[q] + static_cast<size_t>(outSplits[q]) * re;
+    }
+    size_t largest = 0;
+    for (int64_t v : all) largest = std::max(largest, static_cast<size_t>(v) * re);
+    const size_t piece = s->SlotFloats() / ranks;
+    for (size_t off = 0; off < largest; off += piece) {
+      s->Round(nullptr, [&](float* mine) {
+        for (size_t q = 0; q < ranks; q++) {
+          const size_t block = inOff[q + 1] - inOff[q];
+          if (off < block) std::memcpy(mine + q * piece, in + inOff[q] + off, std::min(piece, block - off) * sizeof(float));
+        }
+      }, deadline);
+      for (size_t q = 0; q < ranks; q++) {
+        const size_t block = outOff[q + 1] - outOff[q];
+        if (off < block) {
+          std::memcpy(out + outOff[q] + off, s->Slot(static_cast<int>(q), s->round) + static_cast<size_t>(s->rank) * piece,
+                      std::min(piece, block - off) * sizeof(float));
+        }
+      }
+    }
   }, {info[0], info[1]});
 }
 

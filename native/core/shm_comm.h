@@ -42,6 +42,7 @@ class ShmComm : public Napi::ObjectWrap<ShmComm> {
   Napi::Value ReduceScatter(const Napi::CallbackInfo& info);
   Napi::Value Broadcast(const Napi::CallbackInfo& info);
   Napi::Value AllToAll(const Napi::CallbackInfo& info);
+  Napi::Value AllToAllV(const Napi::CallbackInfo& info);
   Napi::Value Barrier(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Abort(const Napi::CallbackInfo& info);
