@@ -98,10 +98,11 @@ for (const W of [1, 2, 4]) {
   });
 }
 
-for (const W of [2, 4]) {
-  test(`world ${W}: a peer SIGKILLed in the middle of all-reduces is PEER_LOST naming it within 5 s; no segment is left`, async (t) => {
+for (const [W, op] of [[2, 'allReduce'], [4, 'allReduce'], [2, 'recv'], [4, 'recv']] as const) {
+  const during = op === 'recv' ? 'receives from it' : 'all-reduces';
+  test(`world ${W}: a peer SIGKILLed in the middle of ${during} is PEER_LOST naming it within 5 s; no segment is left`, async (t) => {
     const out = await runRanks<{ failure: Settled<unknown>; failedAt: number; segments: AllResult['segments'] }>(W, 'dist_shm', 'kill', {
-      timeoutMs: LAUNCH_TIMEOUT_MS, env: { TPKIT_SHM: 'on' }, surviveSiblingDeath: true,
+      timeoutMs: LAUNCH_TIMEOUT_MS, env: { TPKIT_SHM: 'on', TPKIT_TEST_KILL_OP: op }, surviveSiblingDeath: true,
     });
     t.false(out.timedOut);
     const victim = W - 1;

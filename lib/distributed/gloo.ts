@@ -72,6 +72,8 @@ export class GlooCommunicator implements Communicator {
   /** @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority}) */
   /** The shared-memory transport (lib/distributed/shm.ts) when this group's ranks share a host, else null. */
   private shm: ShmTransport | null = null;
+  /** Whether send/recv go through {@link GlooCommunicator.shm} too. */
+  private shmP2P = false;
   private readonly wantShm: boolean;
 
   /**
@@ -86,6 +88,7 @@ export class GlooCommunicator implements Communicator {
   async connect(store: RendezvousStore): Promise<void> {
     await this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
     this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.check, this.wantShm);
+    this.shmP2P = this.shm?.p2p ?? false;
   }
 
   /** Whether this group's collectives go through shared memory. */
@@ -166,6 +169,7 @@ export class GlooCommunicator implements Communicator {
   }
 
   send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    if (this.shmP2P) return this.shm!.send(t, dst, p2pSeq, timeoutMs);
     return hostWork(async () => {
       const { buf } = await stage(t);
       await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
@@ -173,6 +177,7 @@ export class GlooCommunicator implements Communicator {
   }
 
   recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    if (this.shmP2P) return this.shm!.recv(t, src, p2pSeq, timeoutMs);
     return hostWork(async () => {
       const own = hostF32(t);
       const buf = own ?? new Float32Array(t.numel);

@@ -16,8 +16,9 @@
  * If any step fails (a full /dev/shm, a segment another rank cannot open) every rank falls back to Gloo TCP,
  * with one warning naming the size needed and `TPKIT_SHM`.
  *
- * The transport carries all-reduce (every op), all-gather, reduce-scatter, broadcast, all-to-all (even and uneven)
- * and barrier; send/recv stay on Gloo TCP.
+ * The transport carries all-reduce (every op), all-gather, reduce-scatter, broadcast, all-to-all (even and uneven),
+ * barrier, and send/recv (a byte ring per ordered pair, for groups of at most 16 ranks; larger groups send and
+ * receive over Gloo TCP).
  *
  * @module
  * @internal
@@ -219,6 +220,27 @@ export class ShmTransport {
 
   barrier(ctx: OpContext): Promise<void> {
     return this.native.barrier(ctx.seq, ctx.timeoutMs);
+  }
+
+  /** Whether send/recv go through shared memory too (groups of at most 16 ranks; larger ones use Gloo TCP). */
+  get p2p(): boolean {
+    return this.native.p2p();
+  }
+
+  send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    return hostWork(async () => {
+      const { buf } = await stage(t);
+      await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
+    });
+  }
+
+  recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
+    return hostWork(async () => {
+      const own = hostF32(t);
+      const buf = own ?? new Float32Array(t.numel);
+      await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
+      if (!own) await t._writeFloat32(buf);
+    });
   }
 
   close(): void {

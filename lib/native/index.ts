@@ -110,6 +110,11 @@ export interface NativeShmComm {
   allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   allToAllV(input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[], seq: number, dtype: number, timeoutMs?: number): NativePromise;
   barrier(seq: number, timeoutMs?: number): NativePromise;
+  /** Point-to-point through the pair's ring (only when {@link NativeShmComm.p2p} is true). */
+  send(buf: Float32Array, count: number, dst: number, p2pSeq: number, timeoutMs?: number): NativePromise;
+  recv(buf: Float32Array, count: number, src: number, p2pSeq: number, timeoutMs?: number): NativePromise;
+  /** Whether send/recv go through shared memory (groups of at most 16 ranks). */
+  p2p(): boolean;
   close(): void;
   /** close() plus the segment's abort word: peers waiting on this rank fail at once with `PEER_LOST`. */
   abort(): void;

@@ -121,6 +121,8 @@ struct alignas(64) Header {
   std::atomic<uint32_t> futex;    // bumped by every publish; sleepers wait on it
   std::atomic<uint32_t> waiters;  // sleepers right now (a publish wakes only when > 0)
   std::atomic<int32_t> aborted;   // 1 + the rank that aborted the group, 0 while healthy
+  std::atomic<uint32_t> p2pFutex;    // bumped by every point-to-point progress; the p2p threads sleep on it
+  std::atomic<uint32_t> p2pWaiters;  // p2p threads asleep right now
   int32_t pid[kMaxRanks];
 };
 struct alignas(64) Control {
@@ -137,7 +139,27 @@ size_t SlotBytesFor(int size) {
   const size_t target = (size_t{16} << 20) / (2 * static_cast<size_t>(size));
   return std::max<size_t>(64 * 1024, std::min<size_t>(size_t{1} << 20, target & ~size_t{4095}));
 }
-size_t SegmentBytesFor(int size) { return DataOffset(size) + 2 * static_cast<size_t>(size) * SlotBytesFor(size); }
+// Point-to-point: one byte ring per ordered pair (src → dst), for groups of at most kMaxP2PRanks (larger groups
+// send and receive over Gloo TCP). Each ring: a control block (bytes ever written, bytes ever read), then
+// ChanBytesFor(size) bytes: 256 KiB for up to 8 ranks, never below 64 KiB (16 ranks: 15 MiB in all).
+constexpr int kMaxP2PRanks = 16;
+struct alignas(64) ChanCtl {
+  std::atomic<uint64_t> written;
+  char pad[56];
+  std::atomic<uint64_t> read;
+  char pad2[56];
+};
+size_t ChanBytesFor(int size) {
+  if (size < 2 || size > kMaxP2PRanks) return 0;
+  const size_t pairs = static_cast<size_t>(size) * static_cast<size_t>(size - 1);
+  return std::max<size_t>(64 * 1024, std::min<size_t>(256 * 1024, ((size_t{16} << 20) / pairs) & ~size_t{4095}));
+}
+size_t ChanStride(int size) { return sizeof(ChanCtl) + ChanBytesFor(size); }
+size_t P2POffset(int size) { return DataOffset(size) + 2 * static_cast<size_t>(size) * SlotBytesFor(size); }
+size_t SegmentBytesFor(int size) {
+  const size_t chans = ChanBytesFor(size) > 0 ? static_cast<size_t>(size) * static_cast<size_t>(size - 1) : 0;
+  return P2POffset(size) + chans * ChanStride(size);
+}
 
 long Futex(std::atomic<uint32_t>* addr, int op, uint32_t val, const struct timespec* ts) {
   return syscall(SYS_futex, reinterpret_cast<uint32_t*>(addr), op, val, ts, nullptr, 0);
@@ -174,7 +196,22 @@ struct ShmJob {
   std::vector<Napi::ObjectReference> refs;
   std::string code;
   std::string message;
+  bool collective = true;  // false: a send or recv (runs on the p2p thread)
   explicit ShmJob(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+};
+
+// A send or recv in progress on the p2p thread. A message on a ring is a 16-byte header (the p2p sequence number
+// and the element count) followed by the floats; `done` counts the message's bytes moved so far.
+struct P2POp {
+  bool isSend = false;
+  int peer = 0;
+  float* buf = nullptr;
+  size_t count = 0;
+  int64_t seq = 0;
+  Clock::time_point deadline;
+  size_t done = 0;
+  int64_t header[2] = {0, 0};  // send: what to write; recv: what was read
+  ShmJob* job = nullptr;
 };
 
 void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job);
@@ -202,7 +239,11 @@ struct ShmState {
   std::thread thread;
   ShmTsfn tsfn;
   bool tsfnAlive = true;
-  int64_t pending = 0;  // main thread only
+  int64_t pending = 0;      // main thread only: unsettled ops of both kinds
+  int64_t collectives = 0;  // main thread only: unsettled collectives (0: the communicator's thread is idle)
+  size_t chanBytes = 0;     // 0: send/recv go over Gloo TCP
+  std::vector<P2POp*> p2pIncoming;  // under mu: posted, not yet taken by the p2p thread
+  std::condition_variable p2pCv;
 
   ~ShmState() {
     if (base != nullptr) munmap(base, bytes);
@@ -212,6 +253,200 @@ struct ShmState {
   }
 
   Control* ControlOf(int r) const { return reinterpret_cast<Control*>(base + ControlOffset()) + r; }
+  ChanCtl* Chan(int src, int dst) const {
+    const size_t i = static_cast<size_t>(src) * static_cast<size_t>(size - 1) + static_cast<size_t>(dst < src ? dst : dst - 1);
+    return reinterpret_cast<ChanCtl*>(base + P2POffset(size) + i * ChanStride(size));
+  }
+  uint8_t* Ring(ChanCtl* c) const { return reinterpret_cast<uint8_t*>(c) + sizeof(ChanCtl); }
+
+  void WakeP2P() {
+    header->p2pFutex.fetch_add(1, std::memory_order_seq_cst);
+    if (header->p2pWaiters.load(std::memory_order_seq_cst) > 0) Futex(&header->p2pFutex, FUTEX_WAKE, INT_MAX, nullptr);
+  }
+
+  // Moves what it can of `op`'s message through its ring, without waiting. True once the message is done. A recv
+  // whose header names another element count drains the payload, then fails with COLLECTIVE_MISMATCH (the ring
+  // stays usable, as on Gloo TCP).
+  bool Advance(P2POp& op, bool& moved) {
+    const size_t total = sizeof(op.header) + op.count * sizeof(float);
+    ChanCtl* c = op.isSend ? Chan(rank, op.peer) : Chan(op.peer, rank);
+    uint8_t* ring = Ring(c);
+    const uint64_t w = c->written.load(op.isSend ? std::memory_order_relaxed : std::memory_order_acquire);
+    const uint64_t r = c->read.load(op.isSend ? std::memory_order_acquire : std::memory_order_relaxed);
+    const uint64_t pos = op.isSend ? w : r;
+    size_t n = op.isSend ? chanBytes - static_cast<size_t>(w - r) : static_cast<size_t>(w - r);
+    // A recv reads the header first, then (when the counts agree) exactly the payload it expects.
+    const size_t want = op.isSend ? total - op.done
+                                  : op.done < sizeof(op.header) ? sizeof(op.header) - op.done
+                                                                : sizeof(op.header) + PayloadBytes(op) - op.done;
+    n = std::min(n, want);
+    if (n == 0) return op.done == (op.isSend ? total : sizeof(op.header) + PayloadBytes(op)) && HeaderRead(op);
+    size_t k = 0;
+    while (k < n) {
+      // The piece of the message at byte op.done + k: header or payload.
+      const size_t at = op.done + k;
+      uint8_t* mem = at < sizeof(op.header) ? reinterpret_cast<uint8_t*>(op.header) + at
+                                            : reinterpret_cast<uint8_t*>(op.buf) + (at - sizeof(op.header));
+      size_t len = std::min(n - k, at < sizeof(op.header) ? sizeof(op.header) - at : n - k);
+      const size_t off = static_cast<size_t>((pos + k) % chanBytes);
+      len = std::min(len, chanBytes - off);
+      const bool sink = !op.isSend && at >= sizeof(op.header) && op.header[1] != static_cast<int64_t>(op.count);
+      if (op.isSend) std::memcpy(ring + off, mem, len);
+      else if (!sink) std::memcpy(mem, ring + off, len);
+      k += len;
+    }
+    op.done += n;
+    if (op.isSend) c->written.store(w + n, std::memory_order_release);
+    else c->read.store(r + n, std::memory_order_release);
+    moved = true;
+    WakeP2P();
+    if (!op.isSend && op.done == sizeof(op.header)) {
+      if (op.header[0] != op.seq || op.header[1] < 0 || op.header[1] > kMaxCount) {
+        throw CodedError{"GLOO_PROTOCOL", "recv on rank " + std::to_string(rank) + ": the shared-memory stream from rank " +
+                                              std::to_string(op.peer) + " is out of step (message " +
+                                              std::to_string(op.header[0]) + ", expected " + std::to_string(op.seq) + ")"};
+      }
+    }
+    if (op.isSend) return op.done == total;
+    if (op.done < sizeof(op.header) || op.done < sizeof(op.header) + PayloadBytes(op)) return false;
+    return HeaderRead(op);
+  }
+  // The payload bytes a recv consumes: the sender's (drained when it differs from the recv's own count).
+  static size_t PayloadBytes(const P2POp& op) {
+    return op.done < sizeof(op.header) ? op.count * sizeof(float) : static_cast<size_t>(op.header[1]) * sizeof(float);
+  }
+  bool HeaderRead(const P2POp& op) const {
+    if (op.isSend || op.header[1] == static_cast<int64_t>(op.count)) return true;
+    throw CodedError{"COLLECTIVE_MISMATCH", "recv on rank " + std::to_string(rank) + " expected " + std::to_string(op.count) +
+                                                " elements from rank " + std::to_string(op.peer) + ", which sent " +
+                                                std::to_string(op.header[1])};
+  }
+
+  // The p2p thread: moves every posted send and recv forward, each pair's messages in p2p sequence order;
+  // spins briefly when nothing moved, then sleeps on the segment's p2p futex (at most kLivenessPeriod, then
+  // liveness, abort and deadline checks).
+  void P2PLoop() {
+    std::vector<std::vector<P2POp*>> sends(static_cast<size_t>(size)), recvs(static_cast<size_t>(size));
+    std::vector<int64_t> nextSend(static_cast<size_t>(size), 0), nextRecv(static_cast<size_t>(size), 0);
+    size_t active = 0;
+    auto finish = [&](P2POp* op, const std::string& code, const std::string& message) {
+      op->job->code = code;
+      op->job->message = message;
+      if (!code.empty() && code != "COLLECTIVE_MISMATCH") broken = true;
+      Complete(op->job);
+      delete op;
+      active--;
+    };
+    auto nextCheck = Clock::now() + kLivenessPeriod;
+    for (;;) {
+      bool stop = false;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        if (active == 0) p2pCv.wait(lock, [&] { return stopping || !p2pIncoming.empty(); });
+        stop = stopping;
+        for (P2POp* op : p2pIncoming) {
+          (op->isSend ? sends : recvs)[static_cast<size_t>(op->peer)].push_back(op);
+          active++;
+        }
+        p2pIncoming.clear();
+      }
+      if (stop || localAbort) {
+        for (auto* list : {&sends, &recvs}) {
+          for (auto& q : *list) {
+            for (P2POp* op : q) finish(op, "GROUP_DESTROYED", std::string(op->isSend ? "send" : "recv") + " on rank " +
+                                                                  std::to_string(rank) + " was aborted by destroy()");
+            q.clear();
+          }
+        }
+        if (stop) break;
+        continue;
+      }
+      bool moved = false;
+      for (auto* list : {&sends, &recvs}) {
+        const bool isSend = list == &sends;
+        for (int q = 0; q < size; q++) {
+          auto& ops = (*list)[static_cast<size_t>(q)];
+          int64_t& next = (isSend ? nextSend : nextRecv)[static_cast<size_t>(q)];
+          for (;;) {
+            auto it = std::find_if(ops.begin(), ops.end(), [&](P2POp* o) { return o->seq == next; });
+            if (it == ops.end()) break;
+            P2POp* op = *it;
+            bool done = false;
+            std::string code, message;
+            try {
+              done = Advance(*op, moved);
+            } catch (const CodedError& e) {
+              done = true;
+              code = e.code;
+              message = e.message;
+            }
+            if (!done) break;
+            ops.erase(it);
+            next++;
+            finish(op, code, message);
+          }
+        }
+      }
+      if (moved || active == 0) continue;
+      // Nothing moved: spin a little, then sleep until a peer (or this process) makes progress.
+      const uint32_t seen = header->p2pFutex.load(std::memory_order_seq_cst);
+      const auto spinUntil = Clock::now() + kSpin;
+      bool changed = false;
+      for (int i = 0; !changed; i++) {
+        TPKIT_PAUSE();
+        changed = header->p2pFutex.load(std::memory_order_seq_cst) != seen;
+        if ((i & 63) == 63 && Clock::now() >= spinUntil) break;
+      }
+      auto now = Clock::now();
+      Clock::time_point until = nextCheck;
+      for (auto* list : {&sends, &recvs}) {
+        for (auto& ops : *list) {
+          for (P2POp* op : ops) until = std::min(until, op->deadline);
+        }
+      }
+      if (!changed && until > now) {
+        header->p2pWaiters.fetch_add(1, std::memory_order_seq_cst);
+        if (header->p2pFutex.load(std::memory_order_seq_cst) == seen) {
+          const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(until - now).count();
+          struct timespec ts{static_cast<time_t>(ns / 1000000000), static_cast<long>(ns % 1000000000)};
+          Futex(&header->p2pFutex, FUTEX_WAIT, seen, &ts);
+        }
+        header->p2pWaiters.fetch_sub(1, std::memory_order_seq_cst);
+      }
+      now = Clock::now();
+      const bool checkPeers = now >= nextCheck;
+      if (checkPeers) nextCheck = now + kLivenessPeriod;
+      const int32_t a = header->aborted.load(std::memory_order_acquire);
+      for (auto* list : {&sends, &recvs}) {
+        for (auto& ops : *list) {
+          for (auto it = ops.begin(); it != ops.end();) {
+            P2POp* op = *it;
+            const std::string what = std::string(op->isSend ? "send" : "recv") + " on rank " + std::to_string(rank);
+            std::string code, message;
+            if (a != 0 && a - 1 != rank) {
+              code = "PEER_LOST";
+              message = what + ": rank " + std::to_string(a - 1) + " (in group) aborted the shared-memory group";
+            } else if (checkPeers && !Alive(op->peer)) {
+              code = "PEER_LOST";
+              message = what + " lost rank " + std::to_string(op->peer) + " (in group) in shared memory: process " +
+                        std::to_string(pids[static_cast<size_t>(op->peer)]) + " has exited";
+            } else if (now >= op->deadline) {
+              code = "TIMEOUT";
+              message = what + " timed out in shared memory waiting for rank " + std::to_string(op->peer);
+            }
+            if (code.empty()) {
+              ++it;
+              continue;
+            }
+            it = ops.erase(it);
+            finish(op, code, message);
+          }
+        }
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    if (tsfnAlive) tsfn.Release();
+  }
   float* Slot(int r, uint64_t rnd) const {
     return reinterpret_cast<float*>(base + DataOffset(size) + (static_cast<size_t>(r) * 2 + (rnd & 1)) * slotBytes);
   }
@@ -436,6 +671,7 @@ Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::func
       return p;
     }
     EnterPending(*s, env);
+    s->collectives++;
     job->state = s.get();
     s->queue.push_back(job);
   }
@@ -452,9 +688,9 @@ Napi::Value OneRound(Napi::Env env, const std::shared_ptr<ShmState>& s, const De
                      std::function<void(float*)> fill, std::function<void(uint64_t)> after,
                      std::initializer_list<Napi::Value> keep) {
   const auto deadline = Clock::now() + t;
-  // `pending` is this thread's count of unsettled ops: 0 means the communicator's thread is idle (a job settles
-  // only after it has run), so this thread may use the round counter and the slots.
-  const bool idle = s->pending == 0 && s->started && !s->broken && !s->stopping && !s->localAbort;
+  // `collectives` is this thread's count of unsettled collectives: 0 means the communicator's thread is idle (a
+  // job settles only after it has run), so this thread may use the round counter and the slots.
+  const bool idle = s->collectives == 0 && s->started && !s->broken && !s->stopping && !s->localAbort;
   if (!idle) {
     return Enqueue(env, s, [=]() {
       s->current = desc.op;
@@ -526,7 +762,10 @@ void ReduceSlots(const ShmState& s, uint64_t rnd, int64_t redop, size_t off, siz
 
 }  // namespace
 
-void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job) { SettleCodedJob(env, job, "gloo"); }
+void SettleShmJob(Napi::Env env, Napi::Function, std::nullptr_t*, ShmJob* job) {
+  if (env != nullptr && job->collective && job->state != nullptr) job->state->collectives--;
+  SettleCodedJob(env, job, "gloo");
+}
 
 Napi::Function ShmComm::Init(Napi::Env env) {
   return DefineClass(env, "ShmComm",
@@ -541,6 +780,9 @@ Napi::Function ShmComm::Init(Napi::Env env) {
                       InstanceMethod("allToAll", &ShmComm::AllToAll),
                       InstanceMethod("allToAllV", &ShmComm::AllToAllV),
                       InstanceMethod("barrier", &ShmComm::Barrier),
+                      InstanceMethod("send", &ShmComm::Send),
+                      InstanceMethod("recv", &ShmComm::Recv),
+                      InstanceMethod("p2p", &ShmComm::P2P),
                       InstanceMethod("close", &ShmComm::Close),
                       InstanceMethod("abort", &ShmComm::Abort)});
 }
@@ -555,7 +797,8 @@ ShmComm::ShmComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShmComm>(inf
   s->check = BoolArg(info, 3, "check");
   s->slotBytes = SlotBytesFor(s->size);
   s->bytes = SegmentBytesFor(s->size);
-  s->tsfn = ShmTsfn::New(env, "tpkit.shm.complete", 0, 1, nullptr,
+  // Two threads settle through it: the collectives' and the point-to-point one; each releases it as it ends.
+  s->tsfn = ShmTsfn::New(env, "tpkit.shm.complete", 0, 2, nullptr,
                          [](Napi::Env, std::shared_ptr<ShmState>* st, std::nullptr_t*) {
                            {
                              std::lock_guard<std::mutex> lock((*st)->mu);
@@ -569,6 +812,7 @@ ShmComm::ShmComm(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ShmComm>(inf
   auto keep = s;
   s->thread = std::thread([raw, keep]() { raw->Loop(); });
   s->thread.detach();
+  std::thread([raw, keep]() { raw->P2PLoop(); }).detach();
   state_ = std::move(s);
 }
 
@@ -665,6 +909,7 @@ Napi::Value ShmComm::Start(const Napi::CallbackInfo& info) {
   }
   // Ordered before the first op through the queue's mutex.
   std::lock_guard<std::mutex> lock(s.mu);
+  s.chanBytes = ChanBytesFor(s.size);
   s.started = true;
   return info.Env().Undefined();
 }
@@ -933,6 +1178,60 @@ Napi::Value ShmComm::AllToAllV(const Napi::CallbackInfo& info) {
   }, {info[0], info[1]});
 }
 
+// send(buf, count, dst, p2pSeq, timeoutMs?) / recv(buf, count, src, p2pSeq, timeoutMs?): through the pair's ring,
+// on the p2p thread (a recv waiting for its peer holds up neither the collectives nor the event loop). Messages of
+// one pair match in p2p sequence order, as Gloo's tags match them. Only when p2p() is true (groups of at most
+// 16 ranks).
+Napi::Value PostP2P(const Napi::CallbackInfo& info, const std::shared_ptr<ShmState>& s, bool isSend) {
+  Napi::Env env = info.Env();
+  const int64_t count = IntArg(info, 1, "count", 0, kMaxCount);
+  float* buf = F32Data(info[0], static_cast<size_t>(count), "buffer");
+  const int64_t peer = IntArg(info, 2, isSend ? "dst" : "src", 0, s->size - 1);
+  if (peer == s->rank) throw Napi::RangeError::New(env, "a rank cannot send to or receive from itself");
+  const int64_t seq = IntArg(info, 3, "p2pSeq", 0, int64_t{1} << 31);
+  const ms t = OpTimeout(info, 4, *s);
+  if (!s->started || s->chanBytes == 0) throw Napi::Error::New(env, "shared-memory point-to-point is not available");
+  auto* job = new ShmJob(env);
+  job->collective = false;
+  job->refs.push_back(Napi::Persistent(info[0].As<Napi::Object>()));
+  Napi::Promise p = job->deferred.Promise();
+  auto* op = new P2POp();
+  op->isSend = isSend;
+  op->peer = static_cast<int>(peer);
+  op->buf = buf;
+  op->count = static_cast<size_t>(count);
+  op->seq = seq;
+  op->deadline = Clock::now() + t;
+  op->header[0] = seq;
+  op->header[1] = count;
+  op->job = job;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (s->stopping || s->broken) {
+      const bool destroyed = s->stopping;
+      delete op;
+      delete job;
+      auto d = Napi::Promise::Deferred::New(env);
+      d.Reject(MakeTpkitError(env, destroyed ? "GROUP_DESTROYED" : "GROUP_BROKEN",
+                              destroyed ? "the process group was destroyed" : "communicator is broken by an earlier failure",
+                              "gloo").Value());
+      return d.Promise();
+    }
+    EnterPending(*s, env);
+    job->state = s.get();
+    s->p2pIncoming.push_back(op);
+  }
+  s->p2pCv.notify_one();
+  s->WakeP2P();
+  return p;
+}
+
+Napi::Value ShmComm::Send(const Napi::CallbackInfo& info) { return PostP2P(info, state_, true); }
+Napi::Value ShmComm::Recv(const Napi::CallbackInfo& info) { return PostP2P(info, state_, false); }
+Napi::Value ShmComm::P2P(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), state_->started && state_->chanBytes > 0);
+}
+
 // barrier(seq, timeoutMs?)
 Napi::Value ShmComm::Barrier(const Napi::CallbackInfo& info) {
   auto s = state_;
@@ -951,6 +1250,8 @@ Napi::Value ShmComm::Close(const Napi::CallbackInfo& info) {
     s.stopping = true;
   }
   s.cv.notify_all();
+  s.p2pCv.notify_all();
+  if (s.header != nullptr) s.WakeP2P();
   return info.Env().Undefined();
 }
 
@@ -964,6 +1265,8 @@ Napi::Value ShmComm::Abort(const Napi::CallbackInfo& info) {
     s.header->aborted.compare_exchange_strong(none, s.rank + 1);
     s.header->futex.fetch_add(1, std::memory_order_seq_cst);
     Futex(&s.header->futex, FUTEX_WAKE, INT_MAX, nullptr);
+    s.header->p2pFutex.fetch_add(1, std::memory_order_seq_cst);
+    Futex(&s.header->p2pFutex, FUTEX_WAKE, INT_MAX, nullptr);
   }
   return Close(info);
 }

@@ -44,6 +44,9 @@ class ShmComm : public Napi::ObjectWrap<ShmComm> {
   Napi::Value AllToAll(const Napi::CallbackInfo& info);
   Napi::Value AllToAllV(const Napi::CallbackInfo& info);
   Napi::Value Barrier(const Napi::CallbackInfo& info);
+  Napi::Value Send(const Napi::CallbackInfo& info);
+  Napi::Value Recv(const Napi::CallbackInfo& info);
+  Napi::Value P2P(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Abort(const Napi::CallbackInfo& info);
 
