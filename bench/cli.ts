@@ -1,7 +1,7 @@
 /**
  * `tpkit bench <kind>`: the microbenchmarks' command line (lib/cli.ts dispatches `tpkit bench …` here).
  *
- *   tpkit bench collectives --op all_reduce -b 8 -e 64M -f 2 -n 20 -w 5 [--nproc 2] [--json F] [--plot F.svg] [--peers all]
+ *   tpkit bench collectives --op all_reduce -b 8 -e 64M -f 2 -n 20 -w 5 [--nproc 2] [--json F] [--plot F.svg] [--peers all|native,torch,mpi]
  *   tpkit bench gemm [--max-size 4096] [--models 8b,70b] [--tokens 1,16,512,4096] [--peers all]
  *   tpkit bench layers [--tp 1,2,4] [--model 8b] [--tokens 1,16,512]
  *   tpkit bench moe [--ep 1,2,4] [--experts 8] [--top-k 2] [--hidden 512] [--intermediate 1024] [--tokens 64] [--skew 0]
@@ -16,7 +16,7 @@
 import fs from 'node:fs';
 import { Argument, Command, CommanderError, Option } from 'commander';
 import { COLLECTIVE_NAMES, type CollectiveName } from './collectives';
-import { collectivesCommand, type CollectivesOptions, type PeerName } from './collectives_bench';
+import { collectivesCommand, type CollectivePeerName, type CollectivesOptions, type PeerName } from './collectives_bench';
 import { BENCH_REDOPS, type BenchRedop } from './data';
 import { gemmCommand, MODEL_NAMES, type GemmOptions } from './gemm';
 import { layersCommand, type LayersOptions } from './layers';
@@ -31,6 +31,7 @@ import { DTYPES, type DType } from '../lib/tensor';
 import type { SyncMode } from './harness';
 
 const PEERS: readonly PeerName[] = ['native', 'torch'];
+const COLLECTIVE_PEERS: readonly CollectivePeerName[] = [...PEERS, 'mpi'];
 
 function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise<void>): void {
   parent
@@ -54,7 +55,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise
     .addOption(new Option('--repeat <k>', 'run the sweep (then the peers) k times and report per-size medians (self-launch only)').argParser(intParser(1)).default(1))
     .addOption(new Option('--json <file>', 'write the result as JSON (schema: tpkit bench schema collectives)'))
     .addOption(new Option('--plot <file>', 'write busbw vs size as SVG'))
-    .addOption(new Option('--peers <list>', 'compare with native (raw C++ Gloo), torch (PyTorch gloo), all, or none').argParser(listOf(PEERS)).default([], 'none'))
+    .addOption(new Option('--peers <list>', 'compare with native (raw C++ Gloo), torch (PyTorch gloo), mpi (raw Open MPI, shared memory), all, or none').argParser(listOf(COLLECTIVE_PEERS)).default([], 'none'))
     .addOption(new Option('--no-model', 'skip the ring all-reduce cost model fit'))
     .addOption(new Option('--timeout-ms <ms>', 'timeout of the rendezvous and of every collective').argParser(intParser(1)))
     .action(async (flags: Record<string, unknown>) => {
@@ -76,7 +77,7 @@ function collectivesCmd(parent: Command, run: (o: CollectivesOptions) => Promise
         sync: (flags.sync as SyncMode | undefined) ?? (device === 'cuda' ? 'batch' : 'each'),
         nproc: flags.nproc as number,
         repeat: flags.repeat as number,
-        peers: flags.peers as PeerName[],
+        peers: flags.peers as CollectivePeerName[],
         model: flags.model as boolean,
         ...(flags.json ? { json: flags.json as string } : {}),
         ...(flags.plot ? { plot: flags.plot as string } : {}),

@@ -3,8 +3,8 @@
  *
  * Outside a launcher (no `RANK`), the command re-launches itself on `--nproc` ranks with `launch()` and
  * stays behind as the reporter; under a launcher (`tpkit launch`, srun, mpirun) every rank runs the sweep
- * and rank 0 reports. The reporter prints the table's companions — peers (raw Gloo, PyTorch) on the same
- * sizes, the ring cost model — and writes `--json` and `--plot`.
+ * and rank 0 reports. The reporter prints the table's companions — peers (raw Gloo, PyTorch, Open MPI) on
+ * the same sizes, the ring cost model — and writes `--json` and `--plot`.
  *
  * @module
  */
@@ -17,6 +17,7 @@ import { collectiveHeader, collectiveLine } from './format';
 import { averageBusBw, formatSize, median, runCollectiveSweep, sizeSweep, type CollRow, type SyncMode } from './harness';
 import { machineMeta, metaLine } from './meta';
 import { fitRingModel } from './model';
+import { MPI_PEER_OPS, runMpiPeer } from './peers/mpi';
 import { runGlooPeer } from './peers/native';
 import { runTorchAllReducePeer } from './peers/torch';
 import { renderCollectivesPlot } from './plot';
@@ -25,8 +26,11 @@ import { handResultToParent, relaunch, RESULT_ENV } from './relaunch';
 import { collectivePeerTable, modelLines, peerStatusLines, writeFile } from './report';
 import type { CollectivesResult, PeerCell, PeerStatus } from './schema';
 
-/** The peers a run can be compared with. */
+/** The peers a run can be compared with (`tpkit bench gemm` and `collectives`). */
 export type PeerName = 'native' | 'torch';
+
+/** The peers of `tpkit bench collectives`: {@link PeerName}s and `mpi` (raw Open MPI under mpirun). */
+export type CollectivePeerName = PeerName | 'mpi';
 
 /** Options of `tpkit bench collectives` (parsed and validated by bench/cli.ts). */
 export interface CollectivesOptions {
@@ -48,7 +52,7 @@ export interface CollectivesOptions {
   repeat: number;
   json?: string;
   plot?: string;
-  peers: PeerName[];
+  peers: CollectivePeerName[];
   model: boolean;
   timeoutMs?: number;
 }
@@ -126,22 +130,31 @@ export async function runCollectivesRank(o: CollectivesOptions, env: NodeJS.Proc
   }
 }
 
+/**
+ * Why peer `name` cannot run the result's configuration, or null when it can: the Gloo and PyTorch peers run
+ * float32 sum all_reduce, the MPI peer float32 sum all_reduce, all_gather, reduce_scatter and broadcast.
+ */
+export function peerMismatch(name: CollectivePeerName, meta: CollectivesResult['meta']): string | null {
+  const ops: readonly string[] = name === 'mpi' ? MPI_PEER_OPS : ['all_reduce'];
+  if (!ops.includes(meta.op)) return `peer ${name} runs ${ops.join(', ')} only (this run: ${meta.op})`;
+  if (meta.dtype !== 'float32') return `the peers run float32 only (this run: ${meta.dtype})`;
+  if (meta.redop !== 'sum' && COLLECTIVES[meta.op as CollectiveName].reduces) return `the peers run sum only (this run: ${meta.redop})`;
+  return null;
+}
+
 /** Runs the requested peers on the result's sizes and merges their cells into its rows. */
-export async function addPeers(r: CollectivesResult, peers: readonly PeerName[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+export async function addPeers(r: CollectivesResult, peers: readonly CollectivePeerName[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
   if (peers.length === 0) return;
   const status: Record<string, PeerStatus> = {};
-  const why =
-    r.meta.op !== 'all_reduce' ? `the peers run all_reduce only (this run: ${r.meta.op})` :
-    r.meta.dtype !== 'float32' ? `the peers run float32 only (this run: ${r.meta.dtype})` :
-    r.meta.redop !== 'sum' ? `the peers run sum only (this run: ${r.meta.redop})` : null;
   const sweep = { worldSize: r.meta.worldSize, minBytes: r.meta.minBytes, maxBytes: r.meta.maxBytes, stepFactor: r.meta.stepFactor, iters: r.meta.iters, warmup: r.meta.warmup };
   for (const name of peers) {
+    const why = peerMismatch(name, r.meta);
     if (why) {
       status[name] = { status: 'skipped', reason: why };
       continue;
     }
-    const run = name === 'native'
-      ? await runGlooPeer(sweep)
+    const run = name === 'native' ? await runGlooPeer(sweep)
+      : name === 'mpi' ? await runMpiPeer({ ...sweep, op: r.meta.op as CollectiveName, root: r.meta.root, env })
       : await runTorchAllReducePeer({ ...sweep, threads: r.meta.blasThreads, env });
     status[name] = run.status;
     for (const row of r.rows) {

@@ -29,6 +29,8 @@ export interface PeerProcessResult {
   signal: NodeJS.Signals | null;
   /** Parsed JSON objects of its stdout lines (other lines are ignored). */
   records: Record<string, unknown>[];
+  /** Its whole stdout (for programs, such as `mpirun --version`, that print no JSON). */
+  stdout: string;
   stderr: string;
 }
 
@@ -60,7 +62,7 @@ export function runPeerProcess(file: string, args: string[], opts: { env?: NodeJ
           // not a record
         }
       }
-      resolve({ code, signal, records, stderr: err });
+      resolve({ code, signal, records, stdout: out, stderr: err });
     });
   });
 }

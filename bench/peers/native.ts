@@ -1,6 +1,6 @@
 /**
  * The raw C++ peers (bench/native/): OpenBLAS sgemm and a Gloo all-reduce sweep with no Node in between,
- * so the report can show tpkit / raw. They are built by CMake, standalone
+ * so the report can show tpkit / raw (the MPI sweep, run under mpirun, is in ./mpi.ts). They are built by CMake, standalone
  * (`cmake -S bench/native -B build/bench-native && cmake --build build/bench-native`) or as a subdirectory
  * of the addon build.
  *
@@ -16,11 +16,14 @@ import { commandLine, lastLine, runPeerProcess, type SweepOptions } from './comm
 /** How to build the raw peers (printed when they are missing). */
 export const NATIVE_BUILD_HINT = 'cmake -S bench/native -B build/bench-native && cmake --build build/bench-native';
 
+/** The raw peer programs bench/native builds (tpkit_bench_mpi only where CMake finds MPI). */
+export type NativePeerProgram = 'tpkit_bench_sgemm' | 'tpkit_bench_gloo' | 'tpkit_bench_mpi';
+
 /**
  * Path of a raw peer program: `$TPKIT_BENCH_NATIVE_DIR`, then build/bench-native (standalone build), then
  * build/bench/native (built from the root CMakeLists), under the package root. Null when not built.
  */
-export function findNativePeer(name: 'tpkit_bench_sgemm' | 'tpkit_bench_gloo', env: NodeJS.ProcessEnv = process.env): string | null {
+export function findNativePeer(name: NativePeerProgram, env: NodeJS.ProcessEnv = process.env): string | null {
   const root = packageRoot();
   const dirs = [env.TPKIT_BENCH_NATIVE_DIR, path.join(root, 'build', 'bench-native'), path.join(root, 'build', 'bench', 'native')];
   for (const dir of dirs) {
@@ -42,7 +45,7 @@ export function findNativePeer(name: 'tpkit_bench_sgemm' | 'tpkit_bench_gloo', e
  *
  * @returns the path, or the reason it is not available
  */
-export async function ensureNativePeer(name: 'tpkit_bench_sgemm' | 'tpkit_bench_gloo', env: NodeJS.ProcessEnv = process.env): Promise<{ path: string } | { reason: string }> {
+export async function ensureNativePeer(name: NativePeerProgram, env: NodeJS.ProcessEnv = process.env): Promise<{ path: string } | { reason: string }> {
   const found = findNativePeer(name, env);
   if (found) return { path: found };
   const root = packageRoot();
