@@ -65,13 +65,18 @@ interface NodeRun {
   code: number | null;
   out: string;
   err: string;
-  results: Array<{ rank: number; sum?: number[]; gathered?: number[]; layer?: number[]; code?: string; message?: string }>;
+  results: Array<{ rank: number; sum?: number[]; gathered?: number[]; layer?: number[]; localSum?: number[]; segments?: number; code?: string; message?: string }>;
 }
 
-/** Runs node `node`'s launcher inside its namespace. */
-function runNode(node: number, port: number, env: NodeJS.ProcessEnv): Promise<NodeRun> {
-  const args = ['netns', 'exec', NS[node]!, process.execPath, CLI, 'launch', '--nproc-per-node', '2', '--nnodes', '2', '--node-rank', String(node),
+/**
+ * Runs node `node`'s launcher inside its namespace; `ownShm`: in a mount namespace of its own too, with a fresh
+ * tmpfs on /dev/shm (as two real machines have).
+ */
+function runNode(node: number, port: number, env: NodeJS.ProcessEnv, ownShm = false): Promise<NodeRun> {
+  const launch = [process.execPath, CLI, 'launch', '--nproc-per-node', '2', '--nnodes', '2', '--node-rank', String(node),
     '--master-addr', ADDR[0]!, '--master-port', String(port), '--grace-ms', '1000', FIXTURE];
+  const mounted = ownShm ? ['unshare', '-m', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"', 'sh'] : [];
+  const args = ['netns', 'exec', NS[node]!, ...mounted, ...launch];
   return new Promise((resolve) => {
     const child = spawn('ip', args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     const timer = setTimeout(() => child.kill('SIGKILL'), 40_000);
@@ -91,10 +96,10 @@ function runNode(node: number, port: number, env: NodeJS.ProcessEnv): Promise<No
 }
 
 let nextPort = 29_300 + (process.pid % 500) * 2;
-async function runJob(env0: NodeJS.ProcessEnv, env1: NodeJS.ProcessEnv): Promise<[NodeRun, NodeRun]> {
+async function runJob(env0: NodeJS.ProcessEnv, env1: NodeJS.ProcessEnv, ownShm = false): Promise<[NodeRun, NodeRun]> {
   const port = nextPort++;
-  const base = { TPKIT_GLOO_HOSTNAME: '', TPKIT_SOCKET_IFNAME: '', GLOO_SOCKET_IFNAME: '', TPKIT_TIMEOUT_MS: '' };
-  return Promise.all([runNode(0, port, { ...base, ...env0 }), runNode(1, port, { ...base, ...env1 })]);
+  const base = { TPKIT_GLOO_HOSTNAME: '', TPKIT_SOCKET_IFNAME: '', GLOO_SOCKET_IFNAME: '', TPKIT_TIMEOUT_MS: '', TPKIT_SHM: '' };
+  return Promise.all([runNode(0, port, { ...base, ...env0 }, ownShm), runNode(1, port, { ...base, ...env1 }, ownShm)]);
 }
 
 const hostTest = skipReason === null ? test.serial : test.skip;
@@ -110,6 +115,32 @@ hostTest(`two hosts, stock settings: 4 ranks all-reduce and all-gather across th
     t.deepEqual(r.sum, [0, 10, 20, 30]);
     t.deepEqual(r.gathered, [0, 1, 2, 3]);
     t.deepEqual(r.layer, TP_LAYER_REFERENCE, 'the TP layer pair across both hosts equals the plain-loop product');
+  }
+});
+
+hostTest(`two hosts, each with its own /dev/shm: Gloo TCP between the hosts, shared memory inside each, same results${why}`, async (t) => {
+  const [n0, n1] = await runJob({}, {}, true);
+  t.is(n0.code, 0, `${n0.out}${n0.err}`);
+  t.is(n1.code, 0, `${n1.out}${n1.err}`);
+  const all = [...n0.results, ...n1.results].sort((a, b) => a.rank - b.rank);
+  t.deepEqual(all.map((r) => r.rank), [0, 1, 2, 3]);
+  for (const r of all) {
+    t.deepEqual(r.sum, [0, 10, 20, 30]);
+    t.deepEqual(r.gathered, [0, 1, 2, 3]);
+    t.deepEqual(r.layer, TP_LAYER_REFERENCE);
+    // ranks 0, 1: [1, 2]·(1 + 2); ranks 2, 3: [1, 2]·(3 + 4)
+    t.deepEqual(r.localSum, r.rank < 2 ? [3, 6] : [7, 14]);
+    t.is(r.segments, 1, `rank ${r.rank}: only its host-local group maps a segment (the world spans two /dev/shm)`);
+  }
+  t.false(`${n0.err}${n1.err}`.includes('TPKIT_SHM_FALLBACK'), 'a group spanning hosts is not a fallback: no warning');
+});
+
+hostTest(`two hosts sharing one /dev/shm (namespaces of one kernel): every group uses shared memory${why}`, async (t) => {
+  const [n0, n1] = await runJob({}, {});
+  t.is(n0.code, 0, `${n0.out}${n0.err}`);
+  for (const r of [...n0.results, ...n1.results]) {
+    t.deepEqual(r.localSum, r.rank < 2 ? [3, 6] : [7, 14]);
+    t.is(r.segments, 2, `rank ${r.rank}: the world's segment and its local group's`);
   }
 });
 

@@ -8,8 +8,9 @@
  *    (/proc/sys/kernel/random/boot_id), the device of /dev/shm (`st_dev`), the user id and the pid namespace
  *    (peers' pids are checked for liveness). Not `LOCAL_WORLD_SIZE`: sub-groups and containers without a
  *    common /dev/shm decide right. Every rank reads every rank's facts, so all decide alike.
- * 2. rank 0 creates `/dev/shm/tpkit-<uid>-<pid>-<random>` (O_EXCL, 0600, space reserved with
- *    posix_fallocate) and publishes its path, or the reason it could not;
+ * 2. rank 0 creates `/dev/shm/tpkit-<uid>-<pid namespace>-<pid>-<random>` (O_EXCL, 0600, space reserved with
+ *    posix_fallocate) and publishes its path, or the reason it could not; first it unlinks the names left by
+ *    creators of this user and pid namespace that died during their own setup;
  * 3. the others map it and report under `shm/mapped/<rank>`; once every rank has reported, every rank unlinks
  *    the name (the first wins): nothing is left in /dev/shm after any exit, SIGKILL included, once setup is
  *    over.
@@ -73,6 +74,36 @@ function hostFacts(): { boot: string; shmDev: number; uid: number; pidNs: number
   }
 }
 
+/**
+ * Unlinks the names of segments whose creator died during a setup (a SIGKILL between creating a segment and
+ * every rank mapping it leaves its name behind): this user's, created in this pid namespace (where a pid can be
+ * checked), by a process that no longer exists. Segments of live processes, of other users and of other pid
+ * namespaces are left alone; any error is ignored (another job may be cleaning at the same time).
+ */
+function removeStaleSegments(uid: number, pidNs: number): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(SHM_DIR);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^tpkit-(\d+)-(\d+)-(\d+)-[0-9a-f]{16}$/.exec(name);
+    if (!m || Number(m[1]) !== uid || Number(m[2]) !== pidNs) continue;
+    try {
+      process.kill(Number(m[3]), 0);
+      continue; // alive (or another user's process with that pid)
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ESRCH') continue;
+    }
+    try {
+      fs.unlinkSync(`${SHM_DIR}/${name}`);
+    } catch {
+      // gone already
+    }
+  }
+}
+
 let warned = false;
 function warnFallback(reason: string): void {
   if (warned) return;
@@ -104,7 +135,10 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
   let failure: string | null = null;
   try {
     if (rank === 0) {
-      path = `${SHM_DIR}/tpkit-${os.userInfo().uid}-${process.pid}-${crypto.randomBytes(8).toString('hex')}`;
+      const uid = os.userInfo().uid;
+      const pidNs = facts!.pidNs;
+      removeStaleSegments(uid, pidNs);
+      path = `${SHM_DIR}/tpkit-${uid}-${pidNs}-${process.pid}-${crypto.randomBytes(8).toString('hex')}`;
       try {
         native.create(path);
         await store.set('shm/segment', enc({ path }));
