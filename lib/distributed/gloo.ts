@@ -1,18 +1,19 @@
 /**
- * Gloo communicator (TCP transport): runs on host float32 buffers. Host float32 tensors are used in place;
+ * Gloo communicator: runs on host float32 buffers, over shared memory between ranks that share a host
+ * (lib/distributed/shm.ts decides, per group) and over Gloo's TCP transport otherwise. Host float32 tensors are used in place;
  * float16/bfloat16 and cuda tensors are staged through float32 host copies (how ranks that share one GPU
  * communicate: NCCL refuses two ranks per GPU).
  *
  * @module
  * @internal
  */
-import { loadCore, NativeGlooComm } from '../native';
+import { loadCore, type NativeCollectives, type NativeGlooComm, type NativeShmComm } from '../native';
 import { hostFloat32Of, wrapHostFloat32 } from '../backend/index';
 import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
 import type { Communicator, OpContext, RendezvousStore } from './comm';
-import { connectShm, shmWanted, type ShmTransport } from './shm';
+import { connectShm, shmWanted } from './shm';
 
 function hostF32(t: Tensor): Float32Array | null {
   return hostFloat32Of(t._storage);
@@ -70,10 +71,12 @@ export class GlooCommunicator implements Communicator {
   private readonly native: NativeGlooComm;
 
   /** @param ioPriority priority of Gloo's I/O thread: -1 inherit, 1..19 nice value, 20 SCHED_IDLE ({@link glooIoPriority}) */
-  /** The shared-memory transport (lib/distributed/shm.ts) when this group's ranks share a host, else null. */
-  private shm: ShmTransport | null = null;
-  /** Whether send/recv go through {@link GlooCommunicator.shm} too. */
-  private shmP2P = false;
+  /** The shared-memory communicator (lib/distributed/shm.ts) when this group's ranks share a host, else null. */
+  private shm: NativeShmComm | null = null;
+  /** Where the collectives go: {@link GlooCommunicator.shm} when there is one, else Gloo TCP. */
+  private ops: NativeCollectives;
+  /** Where send/recv go: shared memory too for groups of at most 16 ranks. */
+  private p2p: NativeCollectives;
   private readonly wantShm: boolean;
 
   /**
@@ -83,12 +86,17 @@ export class GlooCommunicator implements Communicator {
   constructor(readonly rank: number, readonly size: number, hostname: string, private readonly timeoutMs: number, private readonly check: boolean, ioPriority: number, shm?: boolean) {
     this.wantShm = shmWanted(process.env, shm);
     this.native = new (loadCore().GlooComm)(rank, size, hostname, timeoutMs, check, ioPriority);
+    this.ops = this.native;
+    this.p2p = this.native;
   }
 
   async connect(store: RendezvousStore): Promise<void> {
     await this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
     this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.check, this.wantShm);
-    this.shmP2P = this.shm?.p2p ?? false;
+    if (this.shm) {
+      this.ops = this.shm;
+      if (this.shm.p2p()) this.p2p = this.shm;
+    }
   }
 
   /** Whether this group's collectives go through shared memory. */
@@ -100,88 +108,79 @@ export class GlooCommunicator implements Communicator {
   // disposed meanwhile does not hand its buffer to a new tensor before Gloo is done with it.
 
   allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
-    if (this.shm) return this.shm.allReduce(t, redop, ctx);
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
-      await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.ops.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       if (staged) await t._writeFloat32(buf);
     });
   }
 
   allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
-    if (this.shm) return this.shm.allGather(t, dim, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length * this.size);
-      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
+      await this.ops.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(t, out, [this.size, ...t.shape]);
     });
   }
 
   reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext, scratch = false): Promise<Tensor> {
-    if (this.shm) return this.shm.reduceScatter(work, redop, dim, ctx);
     return hostWork(async () => {
-      // The ring overwrites its input: it works in `work`'s own array when that is a host float32 scratch copy,
-      // else in a private float32 copy.
-      const buf = (scratch ? hostF32(work) : null) ?? (await work.toFloat32Array());
+      // Gloo's ring overwrites its input: it works in `work`'s own array when that is a host float32 scratch copy,
+      // else in a private float32 copy. Shared memory only reads it.
+      const buf = (scratch || this.shm ? hostF32(work) : null) ?? (await work.toFloat32Array());
       const chunk = buf.length / this.size;
       const out = new Float32Array(chunk);
-      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape);
+      await this.ops.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape);
       return like(work, out, [chunk]);
     });
   }
 
   broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
-    if (this.shm) return this.shm.broadcast(t, root, ctx);
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
-      await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.ops.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       if (staged) await t._writeFloat32(buf);
     });
   }
 
   allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
-    if (this.shm) return this.shm.allToAll(t, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length);
-      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
+      await this.ops.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
       return like(t, out, t.shape);
     });
   }
 
   /** Uneven all-to-all (see {@link Communicator.allToAllV}): shared memory when the group has it, else Gloo's alltoallv. */
   allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
-    if (this.shm) return this.shm.allToAllV(t, inputSplits, outputSplits, ctx);
     return hostWork(async () => {
       const { buf } = await stage(t);
       const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
       const outRows = outputSplits.reduce((a, b) => a + b, 0);
       const out = new Float32Array(outRows * rowElems);
-      await this.native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.ops.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       return like(t, out, [outRows, ...t.shape.slice(1)]);
     });
   }
 
   barrier(ctx: OpContext): Promise<void> {
-    if (this.shm) return this.shm.barrier(ctx);
-    return this.native.barrier(ctx.seq, ctx.timeoutMs);
+    return this.ops.barrier(ctx.seq, ctx.timeoutMs);
   }
 
   send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    if (this.shmP2P) return this.shm!.send(t, dst, p2pSeq, timeoutMs);
     return hostWork(async () => {
       const { buf } = await stage(t);
-      await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
+      await this.p2p.send(buf, buf.length, dst, p2pSeq, timeoutMs);
     });
   }
 
   recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    if (this.shmP2P) return this.shm!.recv(t, src, p2pSeq, timeoutMs);
     return hostWork(async () => {
       const own = hostF32(t);
       const buf = own ?? new Float32Array(t.numel);
-      await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
+      await this.p2p.recv(buf, buf.length, src, p2pSeq, timeoutMs);
       if (!own) await t._writeFloat32(buf);
     });
   }

@@ -29,11 +29,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 
 import { loadCore, type NativeShmComm } from '../native';
-import { hostFloat32Of, wrapHostFloat32 } from '../backend';
-import { hostWork } from '../backend/host_pool';
-import { DTYPE_CODE } from '../backend/types';
-import { Tensor } from '../tensor';
-import type { OpContext, RendezvousStore } from './comm';
+import type { RendezvousStore } from './comm';
 
 /** Whether shared memory is used when `TPKIT_SHM` is unset and no option is given. */
 export const SHM_DEFAULT = true;
@@ -118,11 +114,11 @@ const dec = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as 
  * Sets up the group's segment (see the module doc). Every rank of the group calls it. `check`: false with
  * TPKIT_CHECK=off (only op and element count are compared before data moves, as on Gloo).
  *
- * @returns the transport, or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
+ * @returns the started native communicator (same operations as Gloo's), or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
  *   a host, or the segment could not be set up: then one warning)
  * @throws TpkitError `TIMEOUT` when a rank does not report within the store's timeout
  */
-export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, check: boolean, wanted: boolean): Promise<ShmTransport | null> {
+export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, check: boolean, wanted: boolean): Promise<NativeShmComm | null> {
   if (size <= 1) return null;
   const facts = wanted ? hostFacts() : null;
   await store.set(`shm/facts/${rank}`, enc({ wanted, facts }));
@@ -172,117 +168,5 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
     return null;
   }
   native.start();
-  return new ShmTransport(native, size);
+  return native;
 }
-
-function hostF32(t: Tensor): Float32Array | null {
-  return t.device === 'cpu' ? hostFloat32Of(t._storage) : null;
-}
-
-async function stage(t: Tensor): Promise<{ buf: Float32Array; staged: boolean }> {
-  const own = hostF32(t);
-  if (own) return { buf: own, staged: false };
-  return { buf: await t.toFloat32Array(), staged: true };
-}
-
-function like(t: Tensor, values: Float32Array, shape: readonly number[]): Tensor {
-  if (t.device === 'cpu' && t.dtype === 'float32') return Tensor._wrap(wrapHostFloat32(values), shape);
-  return Tensor.from(values, shape, { dtype: t.dtype, device: t.device });
-}
-
-/**
- * The collectives of the shared-memory transport, with {@link Communicator}'s signatures. Host float32
- * tensors are used in place; other dtypes and cuda tensors are staged through float32 host copies, as on Gloo.
- */
-export class ShmTransport {
-  constructor(private readonly native: NativeShmComm, readonly size: number) {}
-
-  allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
-    return hostWork(async () => {
-      const { buf, staged } = await stage(t);
-      await this.native.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-      if (staged) await t._writeFloat32(buf);
-    });
-  }
-
-  allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
-    return hostWork(async () => {
-      const { buf } = await stage(t);
-      const out = new Float32Array(buf.length * this.size);
-      await this.native.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
-      return like(t, out, [this.size, ...t.shape]);
-    });
-  }
-
-  reduceScatter(work: Tensor, redop: number, dim: number, ctx: OpContext): Promise<Tensor> {
-    return hostWork(async () => {
-      const { buf } = await stage(work);
-      const chunk = buf.length / this.size;
-      const out = new Float32Array(chunk);
-      await this.native.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape);
-      return like(work, out, [chunk]);
-    });
-  }
-
-  broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
-    return hostWork(async () => {
-      const { buf, staged } = await stage(t);
-      await this.native.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-      if (staged) await t._writeFloat32(buf);
-    });
-  }
-
-  allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
-    return hostWork(async () => {
-      const { buf } = await stage(t);
-      const out = new Float32Array(buf.length);
-      await this.native.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape);
-      return like(t, out, t.shape);
-    });
-  }
-
-  allToAllV(t: Tensor, inputSplits: readonly number[], outputSplits: readonly number[], ctx: OpContext): Promise<Tensor> {
-    return hostWork(async () => {
-      const { buf } = await stage(t);
-      const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
-      const outRows = outputSplits.reduce((a, b) => a + b, 0);
-      const out = new Float32Array(outRows * rowElems);
-      await this.native.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
-      return like(t, out, [outRows, ...t.shape.slice(1)]);
-    });
-  }
-
-  barrier(ctx: OpContext): Promise<void> {
-    return this.native.barrier(ctx.seq, ctx.timeoutMs);
-  }
-
-  /** Whether send/recv go through shared memory too (groups of at most 16 ranks; larger ones use Gloo TCP). */
-  get p2p(): boolean {
-    return this.native.p2p();
-  }
-
-  send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    return hostWork(async () => {
-      const { buf } = await stage(t);
-      await this.native.send(buf, buf.length, dst, p2pSeq, timeoutMs);
-    });
-  }
-
-  recv(t: Tensor, src: number, p2pSeq: number, timeoutMs: number): Promise<void> {
-    return hostWork(async () => {
-      const own = hostF32(t);
-      const buf = own ?? new Float32Array(t.numel);
-      await this.native.recv(buf, buf.length, src, p2pSeq, timeoutMs);
-      if (!own) await t._writeFloat32(buf);
-    });
-  }
-
-  close(): void {
-    this.native.close();
-  }
-
-  abort(): void {
-    this.native.abort();
-  }
-}
-

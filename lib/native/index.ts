@@ -12,23 +12,31 @@ import { TpkitError } from '../errors';
 /** Settles when the job finishes; rejects with a TpkitError built by the addon. */
 export type NativePromise = Promise<void>;
 
-/** The native Gloo communicator (one per process group). Buffers are Float32Array; counts are elements. */
-export interface NativeGlooComm {
-  connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
+/**
+ * The operations both native communicators (Gloo TCP and shared memory) take with the same arguments, so that
+ * lib/distributed/gloo.ts drives either one. Buffers are Float32Array; counts are elements.
+ */
+export interface NativeCollectives {
   allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
   /** `shape`: the input's shape, part of the descriptor every rank checks (the gathered layout depends on it). */
   allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
+  /** `work` may be overwritten (Gloo's ring reduces in it). */
   reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
   broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
   allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
-  /** Uneven all-to-all (native/core/gloo_comm.cc `allToAllV`): row counts per rank, rows of `rowElems` floats. */
+  /** Uneven all-to-all: row counts per rank, rows of `rowElems` floats. */
   allToAllV(input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[], seq: number, dtype: number, timeoutMs?: number): NativePromise;
   barrier(seq: number, timeoutMs?: number): NativePromise;
   send(buf: Float32Array, count: number, dst: number, p2pSeq: number, timeoutMs?: number): NativePromise;
   recv(buf: Float32Array, count: number, src: number, p2pSeq: number, timeoutMs?: number): NativePromise;
   close(): void;
-  /** close() for a broken group, plus a hard close of every connection (see native/core/gloo_comm.cc `abort`). */
+  /** close() for a broken group, plus what makes peers waiting on this rank fail at once. */
   abort(): void;
+}
+
+/** The native Gloo communicator (one per process group; native/core/gloo_comm.cc). */
+export interface NativeGlooComm extends NativeCollectives {
+  connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
 }
 
 /** The core addon's exports (see native/core/addon.cc). */
@@ -94,7 +102,7 @@ export function loadCore(): CoreAddon {
  * take the same arguments as {@link NativeGlooComm}'s and reject with the same codes (`TIMEOUT`, `PEER_LOST`,
  * `COLLECTIVE_MISMATCH`, `GROUP_BROKEN`, `GROUP_DESTROYED`).
  */
-export interface NativeShmComm {
+export interface NativeShmComm extends NativeCollectives {
   /** Rank 0: creates (O_EXCL, 0600), reserves and maps the segment; returns its size in bytes. Throws `SHM_UNAVAILABLE`. */
   create(path: string): number;
   /** Other ranks: maps rank 0's segment after checking owner, mode and size; returns its size in bytes. Throws `SHM_UNAVAILABLE`. */
@@ -103,21 +111,8 @@ export interface NativeShmComm {
   unlink(path: string): boolean;
   /** Every rank has mapped the segment: reads the peers' pids (liveness checks). */
   start(): void;
-  allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
-  reduceScatter(work: Float32Array, output: Float32Array, chunk: number, redop: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
-  broadcast(buf: Float32Array, count: number, root: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  allToAll(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
-  allToAllV(input: Float32Array, output: Float32Array, rowElems: number, inputSplits: number[], outputSplits: number[], seq: number, dtype: number, timeoutMs?: number): NativePromise;
-  barrier(seq: number, timeoutMs?: number): NativePromise;
-  /** Point-to-point through the pair's ring (only when {@link NativeShmComm.p2p} is true). */
-  send(buf: Float32Array, count: number, dst: number, p2pSeq: number, timeoutMs?: number): NativePromise;
-  recv(buf: Float32Array, count: number, src: number, p2pSeq: number, timeoutMs?: number): NativePromise;
-  /** Whether send/recv go through shared memory (groups of at most 16 ranks). */
+  /** Whether send/recv go through shared memory (groups of at most 16 ranks); else they throw. */
   p2p(): boolean;
-  close(): void;
-  /** close() plus the segment's abort word: peers waiting on this rank fail at once with `PEER_LOST`. */
-  abort(): void;
 }
 
 // Declaration merging: the core addon's shared-memory communicator class.
