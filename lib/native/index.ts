@@ -14,7 +14,11 @@ export type NativePromise = Promise<void>;
 
 /** The native Gloo communicator (one per process group). Buffers are Float32Array; counts are elements. */
 export interface NativeGlooComm {
-  connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
+  /**
+   * Rendezvous through `storeFn` (`value`: the bytes to set; `timeoutMs`: how long a get may wait, the time left
+   * of the communicator's timeout); ends within that timeout (native/core/gloo_comm.cc, Rendezvous).
+   */
+  connect(storeFn: (op: string, key: string, value: Buffer | undefined, timeoutMs: number) => Promise<Buffer | void>): NativePromise;
   allReduce(buf: Float32Array, count: number, redop: number, seq: number, dtype: number, timeoutMs?: number): NativePromise;
   /** `shape`: the input's shape, part of the descriptor every rank checks (the gathered layout depends on it). */
   allGather(input: Float32Array, output: Float32Array, count: number, seq: number, dtype: number, dim: number, timeoutMs?: number, shape?: readonly number[]): NativePromise;
