@@ -17,8 +17,8 @@ export const REDOP_CODE: Readonly<Record<ReduceOp, number>> = { sum: 0, prod: 1,
 /** The store operations a backend may need for its rendezvous (keys are already prefixed for the group). */
 export interface RendezvousStore {
   set(key: string, value: Uint8Array): Promise<void>;
-  /** Waits until the key exists (up to the group timeout). */
-  get(key: string): Promise<Buffer>;
+  /** Waits until the key exists, up to `opts.timeoutMs` (default: the group timeout). */
+  get(key: string, opts?: { timeoutMs?: number }): Promise<Buffer>;
 }
 
 /** Facts every op of a group shares. */

@@ -91,7 +91,7 @@ export class GlooCommunicator implements Communicator {
   }
 
   async connect(store: RendezvousStore): Promise<void> {
-    await this.native.connect((op, key, value) => (op === 'set' ? store.set(key, value!) : store.get(key)));
+    await this.native.connect((op, key, value, timeoutMs) => (op === 'set' ? store.set(key, value!) : store.get(key, { timeoutMs })));
     this.shm = await connectShm(this.rank, this.size, store, this.timeoutMs, this.check, this.wantShm);
     if (this.shm) {
       this.ops = this.shm;

@@ -23,7 +23,7 @@ import { Communicator } from './comm';
 import { readDistEnv, readTpkitEnv, DistEnv, MAX_TIMEOUT_MS, TpkitEnv } from './env';
 import { GlooCommunicator, glooIoPriority } from './gloo';
 import { GroupRuntime, ProcessGroup, prefixedStore } from './process_group';
-import { TCPStore, TCPStoreServer } from './store';
+import { DEAD_RANK_PREFIX, TCPStore, TCPStoreServer } from './store';
 import { TorchStore } from './torch_store';
 
 /** Options of {@link initDistributed}. */
@@ -36,6 +36,15 @@ export interface InitOptions {
   /**
    * Timeout of the rendezvous and the default of every operation of the groups, in ms.
    * Default: env `TPKIT_TIMEOUT_MS`, else 300 000 (PyTorch's default).
+   *
+   * Every wait of the rendezvous ends within it: joining (every rank publishes its address in the store) within
+   * `timeoutMs`, then connecting a group's communicator (the store lookups of the peers' addresses, the TCP
+   * connects and the barrier after them) within `timeoutMs` of its start — plus a margin of tens of ms to report
+   * which ranks were not reached (test/rendezvous_deadline.test.ts: with 3 s, initDistributed settled 3.04–3.26 s
+   * after the call, store connection and join included, on a loaded 2-core machine). So `initDistributed` ends within about 2 × `timeoutMs`, even when a peer
+   * freezes or dies halfway (Gloo's own connect waits up to 5 × the timeout); it then rejects with `TIMEOUT`
+   * naming the ranks not reached, or `PEER_LOST` naming a rank the store saw die, and nothing of the failed
+   * rendezvous keeps the process alive. Subgroups ({@link ProcessGroup.newGroup}) connect within the same bound.
    */
   timeoutMs?: number;
   /**
@@ -279,24 +288,62 @@ async function checkAddresses(store: RendezvousKV, name: string, e: DistEnv, adv
   }
 }
 
+/** How long a rendezvous failure looks for the store's record of a dead rank before reporting without it. */
+const DEAD_LOOKUP_MS = 500;
+
 /**
- * The rendezvous timed out: names the ranks that never published their address (Gloo's rendezvous key of rank r
- * is `r`, under the group's `rdzv/` prefix; see prefixedStore).
+ * The world communicator's rendezvous failed with TIMEOUT or PEER_LOST: names the ranks this rank did not reach,
+ * from the store — those that never published their address (Gloo's key of rank r is `r` under the group's
+ * `rdzv/` prefix; see prefixedStore), then those that published it but never marked themselves connected
+ * (`rdzv/connected/r`, native/core/gloo_comm.cc) — and turns the error into PEER_LOST when the store recorded one
+ * of them dead (its store connection closed without a goodbye; {@link DEAD_RANK_PREFIX}). Ranks whose own
+ * rendezvous failed first (`rdzv/failed/r`, set here before reporting) are not blamed while another is left: they
+ * were alive, waiting on the same peer, and may have exited since.
  */
-async function joinTimeout(err: TpkitError, store: RendezvousKV, name: string, e: DistEnv, timeoutMs: number): Promise<TpkitError> {
+async function rendezvousError(err: TpkitError, store: RendezvousKV, name: string, e: DistEnv, timeoutMs: number): Promise<TpkitError> {
+  const others = Array.from({ length: e.worldSize }, (_, r) => r).filter((r) => r !== e.rank);
   let missing: number[] | null = [];
+  let unconnected: number[] = [];
+  const lost: Array<{ rank: number; reason: string }> = [];
   try {
-    for (let r = 0; r < e.worldSize; r++) if (!(await store.check([`${name}/rdzv/${r}`]))) missing.push(r);
+    await store.set(`${name}/rdzv/failed/${e.rank}`, err.code);
+    for (const r of others) if (!(await store.check([`${name}/rdzv/${r}`]))) missing.push(r);
+    for (const r of others) if (!missing.includes(r) && !(await store.check([`${name}/rdzv/connected/${r}`]))) unconnected.push(r);
+    const failed: number[] = [];
+    for (const r of unconnected) if (await store.check([`${name}/rdzv/failed/${r}`])) failed.push(r);
+    if (failed.length < unconnected.length) unconnected = unconnected.filter((r) => !failed.includes(r));
+    const suspects = [...missing, ...unconnected];
+    const until = Date.now() + (err.code === 'PEER_LOST' ? DEAD_LOOKUP_MS : 0);
+    for (;;) {
+      for (const r of suspects) {
+        if (await store.check([`${DEAD_RANK_PREFIX}${r}`])) lost.push({ rank: r, reason: (await store.get(`${DEAD_RANK_PREFIX}${r}`)).toString('utf8') });
+      }
+      if (lost.length > 0 || Date.now() >= until) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
   } catch {
     missing = null;
+    unconnected = [];
   }
-  const who =
-    missing === null ? 'the other ranks to join' : missing.length === 0 ? 'its connections to the other ranks' : `rank${missing.length === 1 ? '' : 's'} [${missing.join(', ')}] to join`;
-  return new TpkitError(
-    'TIMEOUT',
-    `initDistributed: rank ${e.rank} of ${e.worldSize} waited ${timeoutMs} ms for ${who}: ${err.message}`,
-    { backend: err.backend, details: { rank: e.rank, worldSize: e.worldSize, timeoutMs, missingRanks: missing }, cause: err },
-  );
+  const ranks = (rs: number[]): string => (rs.length === 1 ? `rank ${rs[0]}` : `ranks [${rs.join(', ')}]`);
+  const details = { rank: e.rank, worldSize: e.worldSize, timeoutMs, missingRanks: missing, unconnectedRanks: unconnected, lostRanks: lost.map((l) => l.rank) };
+  if (lost.length > 0) {
+    return new TpkitError(
+      'PEER_LOST',
+      `initDistributed: rank ${e.rank} of ${e.worldSize} lost ${ranks(lost.map((l) => l.rank))} during the rendezvous (${lost.map((l) => l.reason).join('; ')}): ${err.message}`,
+      { backend: err.backend, details, cause: err },
+    );
+  }
+  if (err.code === 'PEER_LOST') {
+    const who = unconnected.length > 0 ? ` (not connected: ${ranks(unconnected)})` : '';
+    return new TpkitError('PEER_LOST', `initDistributed: rank ${e.rank} of ${e.worldSize} lost a peer during the rendezvous${who}: ${err.message}`, { backend: err.backend, details, cause: err });
+  }
+  let who: string;
+  if (missing === null) who = 'the other ranks to join';
+  else if (missing.length > 0) who = `${ranks(missing)} to join`;
+  else if (unconnected.length > 0) who = `${ranks(unconnected)} to connect (every rank published its address)`;
+  else who = 'its connections to the other ranks';
+  return new TpkitError('TIMEOUT', `initDistributed: rank ${e.rank} of ${e.worldSize} waited ${timeoutMs} ms for ${who}: ${err.message}`, { backend: err.backend, details, cause: err });
 }
 
 /**
@@ -305,7 +352,7 @@ async function joinTimeout(err: TpkitError, store: RendezvousKV, name: string, e
  * (measured 10–15 % faster than oversubscribing; NATIVE-NOTES.md).
  *
  * @throws TypeError / RangeError for bad options or environment; TpkitError `TIMEOUT` when a rank does not
- *   join within the timeout, `STORE_UNREACHABLE` when rank 0's store cannot be reached, `ALREADY_INITIALIZED`
+ *   join or connect within the timeout (naming the ranks not reached), `PEER_LOST` when one died meanwhile, `STORE_UNREACHABLE` when rank 0's store cannot be reached, `ALREADY_INITIALIZED`
  *   when a world group is live, `CUDA_UNAVAILABLE` / `NO_CUDA_DEVICE` for `nccl` without GPUs
  */
 export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup> {
@@ -372,7 +419,7 @@ export async function initDistributed(opts?: InitOptions): Promise<ProcessGroup>
     await world.ready;
   } catch (err) {
     world.destroy();
-    if (err instanceof TpkitError && err.code === 'TIMEOUT') throw await joinTimeout(err, store, name, e, timeoutMs);
+    if (err instanceof TpkitError && (err.code === 'TIMEOUT' || err.code === 'PEER_LOST')) throw await rendezvousError(err, store, name, e, timeoutMs);
     throw err;
   }
   const destroy = world.destroy.bind(world);

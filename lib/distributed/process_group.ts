@@ -160,7 +160,9 @@ export class ProcessGroup {
   /**
    * Creates a subgroup of the given GLOBAL ranks. Every rank of this group must call it, in the same order
    * (as `torch.distributed.new_group`); non-members get a group with `rank === -1` whose operations throw.
-   * The group connects in the background; its first operation waits for the connection.
+   * The group connects in the background; its first operation waits for the connection, which ends within the
+   * group's timeout (plus tens of ms; see {@link InitOptions.timeoutMs}): a member that froze or died while
+   * connecting makes that operation reject with `TIMEOUT` or `PEER_LOST` instead of waiting 5 timeouts in Gloo.
    *
    * @param ranks - distinct global ranks, each a member of this group
    * @throws TypeError / RangeError for a bad rank list; TpkitError `GROUP_DESTROYED` / `GROUP_BROKEN`
@@ -725,6 +727,6 @@ export class ProcessGroup {
 export function prefixedStore(store: TCPStore, prefix: string, timeoutMs: number) {
   return {
     set: (key: string, value: Uint8Array) => store.set(`${prefix}/rdzv/${key}`, value),
-    get: (key: string) => store.get(`${prefix}/rdzv/${key}`, { timeoutMs }),
+    get: (key: string, opts?: { timeoutMs?: number }) => store.get(`${prefix}/rdzv/${key}`, { timeoutMs: opts?.timeoutMs ?? timeoutMs }),
   };
 }

@@ -116,13 +116,16 @@ const dec = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as 
  *
  * @returns the started native communicator (same operations as Gloo's), or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
  *   a host, or the segment could not be set up: then one warning)
- * @throws TpkitError `TIMEOUT` when a rank does not report within the store's timeout
+ * @throws TpkitError `TIMEOUT` when a rank does not report within `timeoutMs` of the call (one deadline for every step)
  */
 export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, check: boolean, wanted: boolean): Promise<NativeShmComm | null> {
   if (size <= 1) return null;
+  // One deadline for the whole setup, as for Gloo's rendezvous before it.
+  const deadline = Date.now() + timeoutMs;
+  const left = (): number => Math.max(1, deadline - Date.now());
   const facts = wanted ? hostFacts() : null;
   await store.set(`shm/facts/${rank}`, enc({ wanted, facts }));
-  const all = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/facts/${r}`).then(dec)));
+  const all = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/facts/${r}`, { timeoutMs: left() }).then(dec)));
   const key = JSON.stringify(all[0]!.facts);
   if (!all.every((f) => f.wanted === true && f.facts !== null && JSON.stringify(f.facts) === key)) return null;
 
@@ -143,7 +146,7 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
         await store.set('shm/segment', enc({ error: failure }));
       }
     } else {
-      const seg = dec(await store.get('shm/segment'));
+      const seg = dec(await store.get('shm/segment', { timeoutMs: left() }));
       if (typeof seg.error === 'string') failure = seg.error;
       else {
         path = String(seg.path);
@@ -155,7 +158,7 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
       }
     }
     await store.set(`shm/mapped/${rank}`, enc(failure === null ? { ok: true } : { error: failure }));
-    const mapped = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/mapped/${r}`).then(dec)));
+    const mapped = await Promise.all(Array.from({ length: size }, (_, r) => store.get(`shm/mapped/${r}`, { timeoutMs: left() }).then(dec)));
     const bad = mapped.findIndex((m) => m.ok !== true);
     if (bad >= 0 && failure === null) failure = `rank ${bad}: ${String(mapped[bad]!.error)}`;
   } finally {

@@ -36,7 +36,11 @@ export interface NativeCollectives {
 
 /** The native Gloo communicator (one per process group; native/core/gloo_comm.cc). */
 export interface NativeGlooComm extends NativeCollectives {
-  connect(storeFn: (op: string, key: string, value?: Buffer) => Promise<Buffer | void>): NativePromise;
+  /**
+   * Rendezvous through `storeFn` (`value`: the bytes to set; `timeoutMs`: how long a get may wait, the time left
+   * of the communicator's timeout); ends within that timeout (native/core/gloo_comm.cc, Rendezvous).
+   */
+  connect(storeFn: (op: string, key: string, value: Buffer | undefined, timeoutMs: number) => Promise<Buffer | void>): NativePromise;
 }
 
 /** The core addon's exports (see native/core/addon.cc). */

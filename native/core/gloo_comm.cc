@@ -8,7 +8,7 @@
 #include <gloo/broadcast.h>
 #include <gloo/common/error.h>
 #include <gloo/math.h>
-#include <gloo/rendezvous/context.h>
+#include <gloo/context.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/types.h>
 
@@ -181,6 +181,123 @@ std::shared_ptr<gloo::transport::Device> CreateTcpDevice(const gloo::transport::
   return device;
 }
 
+// A gloo::Context built from pairs connected here (Rendezvous) rather than by Gloo's connectFullMesh.
+class MeshContext : public gloo::Context {
+ public:
+  using gloo::Context::Context;
+  void Adopt(std::shared_ptr<gloo::transport::Device> device, std::shared_ptr<gloo::transport::Context> pairs) {
+    device_ = std::move(device);
+    transportContext_ = std::move(pairs);
+  }
+};
+
+// What bounds one communicator's rendezvous: a deadline (`timeoutMs` after connect() started) by which every wait
+// in it ends — the store lookups of the peers' addresses, each pair's TCP connect, the barrier after them.
+//
+// Gloo's own rendezvous::Context::connectFullMesh cannot be bounded: its TCP pair waits 5 × the timeout for a
+// connection (waitUntil in gloo/transport/tcp/pair.h), so a peer that published its address and then froze or
+// died held the others 15 s at a 3 s timeout (test/rendezvous_deadline.test.ts). So Connect builds the full mesh
+// itself, as Gloo does (same store keys and address layout, Debian's 0.0~git20220518), and keeps the pairs in reach
+// of a watchdog thread: at the deadline, or on close(), Abort closes every pair and ends the store call in flight.
+// In that Gloo a pair closed while connect() waits on it wakes it, and connect() returns as if connected (state
+// CLOSED counts as at least CONNECTED); on a pair closed before connect() the listening side returns at once and
+// the connecting side throws (epoll_ctl on the closed descriptor). So Connect checks for an abort after every
+// connect(). The barrier after the connects, whose waits a local close does not wake, ends by its own timeout:
+// the time left. (tcp::Pair::signalExceptionExternal would wake both, but Debian's headers for it do not compile:
+// they include gloo/common/memory.h, which the package lacks.)
+class Rendezvous {
+ public:
+  Rendezvous(std::chrono::steady_clock::time_point deadline, JsStore& store) : deadline_(deadline), store_(&store) {}
+
+  // Starts the watchdog that aborts at the deadline with TIMEOUT and `prefix` + the phase then (see Phase).
+  void Start(const std::shared_ptr<Rendezvous>& self, std::string prefix) {
+    watchdog_ = std::thread([self, prefix]() {
+      std::unique_lock<std::mutex> lock(self->mu_);
+      if (self->cv_.wait_until(lock, self->deadline_, [&] { return !self->active_; })) return;
+      self->AbortLocked("TIMEOUT", prefix + self->phase_);
+    });
+  }
+
+  // What the rendezvous waits for now, as the end of a sentence ("connecting to rank 1").
+  void Phase(std::string phase) {
+    std::lock_guard<std::mutex> lock(mu_);
+    phase_ = std::move(phase);
+  }
+  std::string Phase() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return phase_;
+  }
+
+  // The pairs an abort fails (all created, none connected yet).
+  void Watch(std::vector<gloo::transport::Pair*> pairs) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pairs_ = std::move(pairs);
+    if (!code_.empty()) FailPairs();
+  }
+
+  // Fails the rendezvous from any thread, once: Connect then rejects with `code` / `message`.
+  void Abort(const std::string& code, const std::string& message) {
+    std::lock_guard<std::mutex> lock(mu_);
+    AbortLocked(code, message);
+  }
+
+  // The abort's code and message (empty code: not aborted).
+  CodedError Outcome() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {code_, message_};
+  }
+
+  // Ends the watch before the pairs and the store go away: no abort touches them after this returns.
+  void Finish() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      active_ = false;
+      pairs_.clear();
+      store_ = nullptr;
+    }
+    cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+  }
+
+  std::chrono::milliseconds Left() const {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline_ - std::chrono::steady_clock::now());
+    return std::max(left, std::chrono::milliseconds(1));
+  }
+
+ private:
+  void AbortLocked(const std::string& code, const std::string& message) {
+    if (!active_ || !code_.empty()) return;
+    code_ = code;
+    message_ = message;
+    FailPairs();
+    if (store_ != nullptr) store_->Abort(message);
+  }
+
+  void FailPairs() {
+    for (auto* p : pairs_) {
+      try {
+        p->close();
+      } catch (...) {
+      }
+    }
+  }
+
+  const std::chrono::steady_clock::time_point deadline_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool active_ = true;                              // guarded by mu_
+  JsStore* store_;                                  // guarded by mu_
+  std::vector<gloo::transport::Pair*> pairs_;  // guarded by mu_
+  std::string code_, message_, phase_;              // guarded by mu_
+  std::thread watchdog_;
+};
+
+std::string RankList(const std::vector<int>& ranks) {
+  std::string s = ranks.size() == 1 ? "rank " : "ranks [";
+  for (size_t i = 0; i < ranks.size(); i++) s += (i ? ", " : "") + std::to_string(ranks[i]);
+  return ranks.size() == 1 ? s : s + "]";
+}
+
 }  // namespace
 
 struct GlooState;
@@ -218,6 +335,7 @@ struct GlooState {
   bool running = false;                      // guarded by mu: a job is executing on the thread
   bool loopDone = false;                     // guarded by mu: the thread has left its loop
   bool connectionsClosed = false;            // guarded by mu
+  std::shared_ptr<Rendezvous> rendezvous;    // guarded by mu: the connect in progress, which close() aborts
   std::thread thread;
   CompletionTsfn tsfn;
   bool tsfnAlive = true;  // guarded by mu: false once Node finalized the function (env teardown at exit)
@@ -578,7 +696,8 @@ ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const GlooState& s) {
 }
 }  // namespace
 
-// connect(storeFn) → Promise<void>
+// connect(storeFn) → Promise<void>. Ends within the communicator's timeout (see Rendezvous): TIMEOUT naming what
+// it waited for, PEER_LOST when a peer's connection broke, GROUP_DESTROYED when close() came first.
 Napi::Value GlooComm::Connect(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!info[0].IsFunction()) throw Napi::TypeError::New(env, "Expected function for storeFn");
@@ -595,35 +714,105 @@ Napi::Value GlooComm::Connect(const Napi::CallbackInfo& info) {
   return Enqueue(
       env, s,
       [s, storeTsfn]() {
-        gloo::transport::tcp::attr attr;
-        attr.hostname = s->hostname;
+        const auto deadline = std::chrono::steady_clock::now() + s->timeout;
+        const int me = s->rank;
+        const int n = s->size;
+        const std::string who = "rendezvous of rank " + std::to_string(me) + " of " + std::to_string(n);
+        const std::string after = " timed out after " + std::to_string(s->timeout.count()) + " ms";
+        JsStore store(*storeTsfn, deadline);
+        auto rv = std::make_shared<Rendezvous>(deadline, store);
+        {
+          std::lock_guard<std::mutex> lock(s->mu);
+          s->rendezvous = rv;
+          if (s->stopping) rv->Abort("GROUP_DESTROYED", "the process group was destroyed before rank " + std::to_string(me) + " connected");
+        }
+        rv->Start(rv, who + after + " ");
+        std::exception_ptr error;
         try {
+          std::shared_ptr<gloo::transport::Context> pairs;
+          // Declared after `pairs` (destroyed before it): no abort reaches the pairs or the store once it ran.
+          struct End {
+            GlooState& s;
+            Rendezvous& rv;
+            ~End() {
+              rv.Finish();
+              std::lock_guard<std::mutex> lock(s.mu);
+              s.rendezvous.reset();
+            }
+          } end{*s, *rv};
+          rv->Phase("creating its connections");
+          gloo::transport::tcp::attr attr;
+          attr.hostname = s->hostname;
           s->device = CreateTcpDevice(attr, s->ioPriority);
-          auto ctx = std::make_shared<gloo::rendezvous::Context>(s->rank, s->size);
+          pairs = s->device->createContext(me, n);
+          pairs->setTimeout(s->timeout);
+          // As Gloo's connectFullMesh: key "<rank>" holds the addresses of this rank's pairs to every other rank,
+          // in rank order.
+          std::vector<char> mine;
+          std::vector<gloo::transport::Pair*> watched;
+          for (int i = 0; i < n; i++) {
+            if (i == me) continue;
+            auto& pair = pairs->createPair(i);
+            auto bytes = pair->address().bytes();
+            mine.insert(mine.end(), bytes.begin(), bytes.end());
+            watched.push_back(pair.get());
+          }
+          rv->Watch(std::move(watched));
+          rv->Phase("publishing its address");
+          store.set(std::to_string(me), mine);
+          for (int i = 0; i < n; i++) {
+            if (i == me) continue;
+            rv->Phase("waiting for rank " + std::to_string(i) + " to publish its address");
+            std::vector<char> theirs = store.get(std::to_string(i));
+            const size_t each = theirs.size() / static_cast<size_t>(n - 1);
+            if (each == 0 || theirs.size() % static_cast<size_t>(n - 1) != 0) {
+              throw CodedError{"GLOO_RENDEZVOUS", who + " failed: rank " + std::to_string(i) +
+                                                      " published an address list of " +
+                                                      std::to_string(theirs.size()) + " bytes for " +
+                                                      std::to_string(n - 1) + " peers"};
+            }
+            const auto at = theirs.begin() + static_cast<std::ptrdiff_t>((me > i ? me - 1 : me) * each);
+            std::vector<int> notYet;
+            for (int j = i; j < n; j++) {
+              if (j != me) notYet.push_back(j);
+            }
+            rv->Phase("connecting to rank " + std::to_string(i) + " (not connected to " + RankList(notYet) + ")");
+            pairs->getPair(i)->connect(std::vector<char>(at, at + static_cast<std::ptrdiff_t>(each)));
+            if (!rv->Outcome().code.empty()) throw CodedError{};  // aborted: the pair was closed, not connected
+          }
+          // A rank's pairs may all be connected while a peer is still finishing its side; a fast rank that then
+          // ends (exits, or destroys the group) closes connections the slow one is still setting up, and the slow
+          // one's rendezvous fails with "Connection closed by peer" (seen with several groups connecting at
+          // once). Like torch's new_group, no rank leaves the rendezvous before every rank has connected. The
+          // marker "connected/<rank>" lets a timeout name the ranks that did not get that far.
+          rv->Phase("waiting for every rank to finish connecting (this rank is connected to all)");
+          store.set("connected/" + std::to_string(me), std::vector<char>{'1'});
+          auto ctx = std::make_shared<MeshContext>(me, n);
           ctx->setTimeout(s->timeout);
-          JsStore store(*storeTsfn, s->timeout);
-          ctx->connectFullMesh(store, s->device);
-          // A rank's connectFullMesh may return as soon as its own pairs are connected, while a peer is still
-          // finishing its side; a fast rank that then ends (exits, or destroys the group) closes connections
-          // the slow one is still setting up, and the slow one's rendezvous fails with "Connection closed by
-          // peer" (seen with several groups connecting at once). Like torch's new_group, no rank leaves the
-          // rendezvous before every rank has connected.
+          ctx->Adopt(s->device, pairs);
           gloo::BarrierOptions barrier(ctx);
           barrier.setTag(kConnectBarrierTag);
-          barrier.setTimeout(s->timeout);
+          barrier.setTimeout(rv->Left());
           gloo::barrier(barrier);
           s->ctx = ctx;
           s->connected = true;
+        } catch (...) {
+          error = std::current_exception();
+        }
+        if (!error) return;
+        CodedError aborted = rv->Outcome();
+        if (!aborted.code.empty()) throw aborted;  // the deadline or close(): whatever Gloo threw then follows from it
+        const std::string phase = rv->Phase();
+        try {
+          std::rethrow_exception(error);
         } catch (const CodedError&) {
           throw;
         } catch (const std::exception& e) {
-          std::string what = e.what();
-          if (what.find("timed out") != std::string::npos || what.find("Timed out") != std::string::npos) {
-            throw CodedError{"TIMEOUT", "rendezvous of rank " + std::to_string(s->rank) + " of " +
-                                            std::to_string(s->size) + " timed out after " +
-                                            std::to_string(s->timeout.count()) + " ms: " + what};
-          }
-          throw CodedError{"GLOO_RENDEZVOUS", "rendezvous of rank " + std::to_string(s->rank) + " failed: " + what};
+          const std::string what = e.what();
+          CodedError c = Classify(what, who);
+          if (c.code == "TIMEOUT") throw CodedError{"TIMEOUT", who + after + " " + phase + ": " + what};
+          if (c.code == "PEER_LOST") throw CodedError{"PEER_LOST", who + " lost a peer " + phase + ": " + what};
+          throw CodedError{"GLOO_RENDEZVOUS", who + " failed " + phase + ": " + what};
         }
       },
       {});
@@ -1023,6 +1212,11 @@ Napi::Value GlooComm::Close(const Napi::CallbackInfo& info) {
     // Unref before `stopping` is set: until then the thread cannot release the function (see LeavePending in comm_job.h).
     if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
     s.stopping = true;
+    // A rendezvous in progress ends at once (it then rejects with GROUP_DESTROYED).
+    if (s.rendezvous) {
+      s.rendezvous->Abort("GROUP_DESTROYED", "the process group was destroyed while rank " + std::to_string(s.rank) +
+                                                 " was connecting");
+    }
     // Point-to-point waits end at once (their threads then reject with GROUP_DESTROYED and end).
     for (auto* b : s.p2pBuffers) {
       b->abortWaitRecv();

@@ -1,5 +1,6 @@
 #include "js_store.h"
 
+#include <algorithm>
 #include <atomic>
 #include <future>
 #include <memory>
@@ -7,11 +8,11 @@
 
 namespace tpkit {
 
-namespace {
 struct StoreRequest {
   std::string op;
   std::string key;
   std::vector<char> value;
+  int64_t timeoutMs = 1;
   std::promise<std::vector<char>> result;
   std::atomic<bool> settled{false};
 
@@ -23,6 +24,8 @@ struct StoreRequest {
   }
 };
 
+namespace {
+
 void CallOnMainThread(Napi::Env env, Napi::Function fn, std::shared_ptr<StoreRequest>* boxed) {
   std::shared_ptr<StoreRequest> req = *boxed;
   delete boxed;
@@ -31,8 +34,11 @@ void CallOnMainThread(Napi::Env env, Napi::Function fn, std::shared_ptr<StoreReq
     return;
   }
   try {
+    if (req->settled) return;  // aborted before it reached JavaScript
     std::vector<napi_value> args = {Napi::String::New(env, req->op), Napi::String::New(env, req->key)};
-    if (req->op == "set") args.push_back(Napi::Buffer<char>::Copy(env, req->value.data(), req->value.size()));
+    args.push_back(req->op == "set" ? Napi::Buffer<char>::Copy(env, req->value.data(), req->value.size()).As<Napi::Value>()
+                                    : env.Undefined());
+    args.push_back(Napi::Number::New(env, static_cast<double>(req->timeoutMs)));
     Napi::Value ret = fn.Call(args);
     if (!ret.IsObject() || !ret.As<Napi::Object>().Get("then").IsFunction()) {
       req->Reject("store function did not return a Promise");
@@ -62,40 +68,65 @@ void CallOnMainThread(Napi::Env env, Napi::Function fn, std::shared_ptr<StoreReq
 }
 }  // namespace
 
-JsStore::JsStore(Napi::ThreadSafeFunction fn, std::chrono::milliseconds timeout) : fn_(fn), timeout_(timeout) {}
+JsStore::JsStore(Napi::ThreadSafeFunction fn, std::chrono::steady_clock::time_point deadline)
+    : fn_(fn), deadline_(deadline) {}
 
 JsStore::~JsStore() = default;
 
-std::vector<char> JsStore::Call(const char* op, const std::string& key, const std::vector<char>* value,
-                                std::chrono::milliseconds timeout) {
+void JsStore::Abort(const std::string& message) {
+  std::shared_ptr<StoreRequest> req;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (aborted_.empty()) aborted_ = message.empty() ? "store call aborted" : message;
+    req = current_;
+  }
+  if (req) req->Reject(aborted_);
+}
+
+std::vector<char> JsStore::Call(const char* op, const std::string& key, const std::vector<char>* value) {
+  using std::chrono::milliseconds;
+  const auto left = std::chrono::duration_cast<milliseconds>(deadline_ - std::chrono::steady_clock::now());
   auto req = std::make_shared<StoreRequest>();
   req->op = op;
   req->key = key;
+  req->timeoutMs = std::max<int64_t>(1, left.count());
   if (value != nullptr) req->value = *value;
   std::future<std::vector<char>> fut = req->result.get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!aborted_.empty()) throw std::runtime_error(aborted_);
+    current_ = req;
+  }
+  struct Clear {
+    JsStore& s;
+    ~Clear() {
+      std::lock_guard<std::mutex> lock(s.mu_);
+      s.current_.reset();
+    }
+  } clear{*this};
   auto* boxed = new std::shared_ptr<StoreRequest>(req);
   napi_status st = fn_.BlockingCall(boxed, CallOnMainThread);
   if (st != napi_ok) {
     delete boxed;
     throw std::runtime_error("store is closed (rendezvous for key \"" + key + "\")");
   }
-  // The JS side enforces the same timeout; the extra second only guards against a lost callback.
-  if (fut.wait_for(timeout + std::chrono::seconds(1)) != std::future_status::ready) {
+  // The JS side enforces the time left; the extra second only guards against a lost callback.
+  if (fut.wait_for(milliseconds(req->timeoutMs) + std::chrono::seconds(1)) != std::future_status::ready) {
     req->Reject("timeout");
     throw std::runtime_error("store " + std::string(op) + " of key \"" + key + "\" timed out after " +
-                             std::to_string(timeout.count()) + " ms");
+                             std::to_string(req->timeoutMs) + " ms");
   }
   return fut.get();
 }
 
-void JsStore::set(const std::string& key, const std::vector<char>& data) { Call("set", key, &data, timeout_); }
+void JsStore::set(const std::string& key, const std::vector<char>& data) { Call("set", key, &data); }
 
-std::vector<char> JsStore::get(const std::string& key) { return Call("get", key, nullptr, timeout_); }
+std::vector<char> JsStore::get(const std::string& key) { return Call("get", key, nullptr); }
 
-void JsStore::wait(const std::vector<std::string>& keys) { wait(keys, timeout_); }
-
-void JsStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) {
-  for (const auto& k : keys) Call("get", k, nullptr, timeout);
+void JsStore::wait(const std::vector<std::string>& keys) {
+  for (const auto& k : keys) Call("get", k, nullptr);
 }
+
+void JsStore::wait(const std::vector<std::string>& keys, const std::chrono::milliseconds&) { wait(keys); }
 
 }  // namespace tpkit

@@ -6,17 +6,26 @@
 #include <napi.h>
 
 #include <chrono>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 namespace tpkit {
 
+struct StoreRequest;
+
+// Every call ends by `deadline`: a 'get' asks JavaScript to wait at most the time left, and Abort() (from any
+// thread) ends the call in flight and every later one at once.
 class JsStore : public gloo::rendezvous::Store {
  public:
-  // `fn` is called on the main thread as fn(op: 'set'|'get', key: string, value?: Buffer) and must return a
-  // Promise (of a Buffer for 'get').
-  JsStore(Napi::ThreadSafeFunction fn, std::chrono::milliseconds timeout);
+  // `fn` is called on the main thread as fn(op: 'set'|'get', key: string, value: Buffer | undefined,
+  // timeoutMs: number) and must return a Promise (of a Buffer for 'get').
+  JsStore(Napi::ThreadSafeFunction fn, std::chrono::steady_clock::time_point deadline);
   ~JsStore() override;
+
+  // Makes the call in flight, and every later one, throw std::runtime_error(message).
+  void Abort(const std::string& message);
 
   void set(const std::string& key, const std::vector<char>& data) override;
   std::vector<char> get(const std::string& key) override;
@@ -24,10 +33,12 @@ class JsStore : public gloo::rendezvous::Store {
   void wait(const std::vector<std::string>& keys, const std::chrono::milliseconds& timeout) override;
 
  private:
-  std::vector<char> Call(const char* op, const std::string& key, const std::vector<char>* value,
-                         std::chrono::milliseconds timeout);
+  std::vector<char> Call(const char* op, const std::string& key, const std::vector<char>* value);
   Napi::ThreadSafeFunction fn_;
-  std::chrono::milliseconds timeout_;
+  std::chrono::steady_clock::time_point deadline_;
+  std::mutex mu_;
+  std::shared_ptr<StoreRequest> current_;  // guarded by mu_: the call in flight
+  std::string aborted_;                    // guarded by mu_: non-empty once Abort() was called
 };
 
 }  // namespace tpkit
