@@ -156,3 +156,14 @@ test('two jobs at once on one host each get their own segment and correct result
   }
   t.not(a!.results[0]!.segments[0]!.path, b!.results[0]!.segments[0]!.path);
 });
+
+for (const W of [2, 4]) {
+  test(`world ${W}: a rank late by 0, 200 µs or 5 ms at every small collective (completed inline, polled, or by the thread) gets exact results`, async (t) => {
+    const out = await runRanks<{ wrongs: Record<string, number>; segments: AllResult['segments'] }>(W, 'dist_shm', 'late', { timeoutMs: LAUNCH_TIMEOUT_MS, env: { TPKIT_SHM: 'on' } });
+    assertRanksOk(t, out);
+    for (const r of out.results) {
+      t.is(r!.segments.length, 1, 'over shared memory');
+      t.deepEqual(r!.wrongs, { 'late 0 us': 0, 'late 200 us': 0, 'late 5000 us': 0 });
+    }
+  });
+}

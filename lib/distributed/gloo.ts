@@ -104,13 +104,26 @@ export class GlooCommunicator implements Communicator {
     return this.shm !== null;
   }
 
+  /**
+   * Awaits a collective. Over shared memory, a one-round op whose peers were not there within its short spin is
+   * polled from the following turns of the event loop first (NativeShmComm.poll: at most 1 ms, yielding the CPU
+   * each time), which spares it the communicator thread's hand-off; other callbacks run between the polls.
+   */
+  private async settled(p: Promise<void>): Promise<void> {
+    const shm = this.shm;
+    if (shm && !shm.poll()) {
+      while (!shm.poll()) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    return p;
+  }
+
   // Every operation holds a host-pool ticket (hostWork) while Gloo may touch the tensors' arrays, so a tensor
   // disposed meanwhile does not hand its buffer to a new tensor before Gloo is done with it.
 
   allReduce(t: Tensor, redop: number, ctx: OpContext): Promise<void> {
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
-      await this.ops.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.settled(this.ops.allReduce(buf, buf.length, redop, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs));
       if (staged) await t._writeFloat32(buf);
     });
   }
@@ -119,7 +132,7 @@ export class GlooCommunicator implements Communicator {
     return hostWork(async () => {
       const { buf } = await stage(t);
       const out = new Float32Array(buf.length * this.size);
-      await this.ops.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape);
+      await this.settled(this.ops.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape));
       return like(t, out, [this.size, ...t.shape]);
     });
   }
@@ -139,7 +152,7 @@ export class GlooCommunicator implements Communicator {
   broadcast(t: Tensor, root: number, ctx: OpContext): Promise<void> {
     return hostWork(async () => {
       const { buf, staged } = await stage(t);
-      await this.ops.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
+      await this.settled(this.ops.broadcast(buf, buf.length, root, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs));
       if (staged) await t._writeFloat32(buf);
     });
   }
@@ -166,7 +179,7 @@ export class GlooCommunicator implements Communicator {
   }
 
   barrier(ctx: OpContext): Promise<void> {
-    return this.ops.barrier(ctx.seq, ctx.timeoutMs);
+    return this.settled(this.ops.barrier(ctx.seq, ctx.timeoutMs));
   }
 
   send(t: Tensor, dst: number, p2pSeq: number, timeoutMs: number): Promise<void> {

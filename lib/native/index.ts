@@ -117,6 +117,12 @@ export interface NativeShmComm extends NativeCollectives {
   start(): void;
   /** Whether send/recv go through shared memory (groups of at most 16 ranks); else they throw. */
   p2p(): boolean;
+  /**
+   * Drives a one-round op that did not complete on the calling thread: true once none is being polled (it
+   * completed, or the communicator's thread has it now), false while the peers are still expected (call again
+   * from a later turn of the event loop).
+   */
+  poll(): boolean;
 }
 
 // Declaration merging: the core addon's shared-memory communicator class.

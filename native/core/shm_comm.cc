@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -45,6 +46,9 @@ constexpr uint64_t kMagic = 0x31304d4853504b54ull;  // "TKPSHM01"
 constexpr int kMaxRanks = 256;
 // How long a waiter spins before it sleeps on the futex, and the longest sleep between liveness checks.
 constexpr auto kSpin = std::chrono::microseconds(8);
+// Between the rounds of one op the communicator's thread spins longer (yielding the CPU every 64 pauses), since
+// the peers are mid-op too: a futex sleep and wake-up costs ≈ 30–50 µs a round here.
+constexpr auto kRoundSpin = std::chrono::microseconds(50);
 constexpr auto kLivenessPeriod = ms(100);
 // All-reduces of at most this many bytes finish in one round (every rank reduces every slot); larger ones
 // reduce-scatter then all-gather through the slots, two rounds per slot-sized chunk.
@@ -53,6 +57,11 @@ constexpr size_t kOneRoundBytes = 64 * 1024;
 // round, spins at most this long for the peers, and completes there if they all arrived (no thread hand-off,
 // which alone costs ≈ 50 µs here); otherwise the communicator's thread waits for the rest.
 constexpr auto kInlineSpin = std::chrono::microseconds(40);
+// When the peers are not there within kInlineSpin, JavaScript keeps polling the op (poll(), between turns of the
+// event loop, yielding the CPU each time) for at most this long before the communicator's thread takes the wait
+// over: a thread hand-off and its two wake-ups cost ≈ 100–250 µs here, and a rank that pays them arrives late at
+// the next op, so that its peers pay them in turn (measured: 250 µs per 16 KiB all-reduce without polling).
+constexpr auto kPollBudget = std::chrono::microseconds(1000);
 
 enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
 const char* OpName(int64_t op) {
@@ -243,6 +252,15 @@ struct ShmState {
   int64_t collectives = 0;  // main thread only: unsettled collectives (0: the communicator's thread is idle)
   size_t chanBytes = 0;     // 0: send/recv go over Gloo TCP
   std::vector<P2POp*> p2pIncoming;  // under mu: posted, not yet taken by the p2p thread
+  // A one-round op this (main) thread published and polls (see OneRound and Poll); null when none.
+  struct Inline {
+    ShmJob* job;
+    uint64_t rnd;
+    std::function<void()> finish;  // checks the descriptors and reads the result (may throw CodedError)
+    std::function<void()> rest;    // the communicator thread's remainder: wait for every rank, then finish
+    Clock::time_point handOffAt;
+  };
+  std::unique_ptr<Inline> inl;
   std::condition_variable p2pCv;
 
   ~ShmState() {
@@ -536,11 +554,14 @@ struct ShmState {
   // Waits until every rank has published round `rnd`: a short spin, then futex sleeps of at most
   // kLivenessPeriod, each followed by checks of the abort word, of the peers' liveness and of the deadline.
   void WaitAll(uint64_t rnd, const char* what, Clock::time_point deadline) {
-    const auto spinUntil = Clock::now() + kSpin;
+    const auto spinUntil = Clock::now() + kRoundSpin;
     for (int i = 0;; i++) {
       if (AllAt(rnd)) return;
       TPKIT_PAUSE();
-      if ((i & 63) == 63 && Clock::now() >= spinUntil) break;
+      if ((i & 63) == 63) {
+        if (Clock::now() >= spinUntil) break;
+        sched_yield();  // a peer waiting for this core gets it
+      }
     }
     auto nextCheck = Clock::now() + kLivenessPeriod;
     for (;;) {
@@ -655,8 +676,11 @@ struct ShmState {
 
 namespace {
 
+void HandOff(Napi::Env env, const std::shared_ptr<ShmState>& s);
+
 Napi::Value Enqueue(Napi::Env env, const std::shared_ptr<ShmState>& s, std::function<void()> run,
                     std::initializer_list<Napi::Value> keep) {
+  if (s->inl) HandOff(env, s);  // the polled op's rounds come first
   auto* job = new ShmJob(env);
   job->run = std::move(run);
   for (const auto& v : keep) {
@@ -701,11 +725,24 @@ Napi::Value OneRound(Napi::Env env, const std::shared_ptr<ShmState>& s, const De
   s->current = desc.op;
   const uint64_t rnd = s->Begin(&desc, fill);
   if (!s->SpinAll(rnd, kInlineSpin)) {
-    return Enqueue(env, s, [=]() {
-      s->WaitAll(rnd, OpName(desc.op), deadline);
+    // Not everyone is there yet: JavaScript polls it (ShmComm::Poll), then hands it to the communicator's thread.
+    auto* job = new ShmJob(env);
+    for (const auto& v : keep) {
+      if (v.IsObject()) job->refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    }
+    job->state = s.get();
+    EnterPending(*s, env);
+    s->collectives++;
+    auto finish = [=]() {
       s->CheckDescriptors(desc, rnd);
       after(rnd);
-    }, keep);
+    };
+    auto rest = [=]() {
+      s->WaitAll(rnd, OpName(desc.op), deadline);
+      finish();
+    };
+    s->inl.reset(new ShmState::Inline{job, rnd, finish, rest, Clock::now() + kPollBudget});
+    return job->deferred.Promise();
   }
   auto deferred = Napi::Promise::Deferred::New(env);
   try {
@@ -717,6 +754,29 @@ Napi::Value OneRound(Napi::Env env, const std::shared_ptr<ShmState>& s, const De
     deferred.Reject(MakeTpkitError(env, e.code, e.message, "gloo").Value());
   }
   return deferred.Promise();
+}
+
+// Gives the polled op to the communicator's thread, first in its queue (nothing else of this group can be queued
+// while it is polled: collectives are issued one at a time, and Enqueue hands off first). After close() the
+// thread may be gone: the op then rejects here.
+void HandOff(Napi::Env env, const std::shared_ptr<ShmState>& s) {
+  std::unique_ptr<ShmState::Inline> in = std::move(s->inl);
+  ShmJob* job = in->job;
+  job->run = in->rest;
+  {
+    std::lock_guard<std::mutex> lock(s->mu);
+    if (!s->stopping) {
+      s->queue.push_front(job);
+      job = nullptr;
+    }
+  }
+  if (job == nullptr) {
+    s->cv.notify_one();
+    return;
+  }
+  job->code = "GROUP_DESTROYED";
+  job->message = "the process group was destroyed before this operation ended";
+  SettleShmJob(env, Napi::Function(), nullptr, job);
 }
 
 ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const ShmState& s) {
@@ -783,6 +843,7 @@ Napi::Function ShmComm::Init(Napi::Env env) {
                       InstanceMethod("send", &ShmComm::Send),
                       InstanceMethod("recv", &ShmComm::Recv),
                       InstanceMethod("p2p", &ShmComm::P2P),
+                      InstanceMethod("poll", &ShmComm::Poll),
                       InstanceMethod("close", &ShmComm::Close),
                       InstanceMethod("abort", &ShmComm::Abort)});
 }
@@ -1226,6 +1287,36 @@ Napi::Value PostP2P(const Napi::CallbackInfo& info, const std::shared_ptr<ShmSta
   return p;
 }
 
+// poll() → true when no op is being polled any more (it completed here, or the communicator's thread has it now):
+// completes the polled one-round op when every rank has published its round; hands it to the thread once
+// kPollBudget has passed (or on an abort); else yields the CPU once and returns false (JavaScript calls again
+// from the next turn of the event loop).
+Napi::Value ShmComm::Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto s = state_;
+  if (!s->inl) return Napi::Boolean::New(env, true);
+  ShmState::Inline& in = *s->inl;
+  if (s->AllAt(in.rnd)) {
+    ShmJob* job = in.job;
+    try {
+      in.finish();
+    } catch (const CodedError& e) {
+      job->code = e.code;
+      job->message = e.message;
+      if (e.code != "COLLECTIVE_MISMATCH") s->broken = true;
+    }
+    s->inl.reset();
+    SettleShmJob(env, Napi::Function(), nullptr, job);
+    return Napi::Boolean::New(env, true);
+  }
+  if (Clock::now() >= in.handOffAt || s->header->aborted.load(std::memory_order_acquire) != 0 || s->localAbort) {
+    HandOff(env, s);
+    return Napi::Boolean::New(env, true);
+  }
+  sched_yield();
+  return Napi::Boolean::New(env, false);
+}
+
 Napi::Value ShmComm::Send(const Napi::CallbackInfo& info) { return PostP2P(info, state_, true); }
 Napi::Value ShmComm::Recv(const Napi::CallbackInfo& info) { return PostP2P(info, state_, false); }
 Napi::Value ShmComm::P2P(const Napi::CallbackInfo& info) {
@@ -1244,6 +1335,13 @@ Napi::Value ShmComm::Barrier(const Napi::CallbackInfo& info) {
 // close(): queued ops reject with GROUP_DESTROYED; the mapping goes with the last reference to the state.
 Napi::Value ShmComm::Close(const Napi::CallbackInfo& info) {
   ShmState& s = *state_;
+  if (s.inl) {  // the op being polled rejects now
+    ShmJob* job = s.inl->job;
+    s.inl.reset();
+    job->code = "GROUP_DESTROYED";
+    job->message = "the process group was destroyed before this operation ended";
+    SettleShmJob(info.Env(), Napi::Function(), nullptr, job);
+  }
   {
     std::lock_guard<std::mutex> lock(s.mu);
     if (!s.stopping && s.pending > 0) s.tsfn.Unref(info.Env());
