@@ -11,7 +11,7 @@
  * @internal
  */
 import type { NativeDeviceBuffer } from '../native/cuda';
-import { HostStorage, cpuOps } from './cpu';
+import { HostStorage, cpuOps, hostFloat32 } from './cpu';
 import type { DType, Device, DeviceOps, Storage } from './types';
 
 type CudaModule = typeof import('./cuda');
@@ -52,6 +52,15 @@ export function hostDataOf(storage: Storage): Float32Array | Uint16Array {
  */
 export function adoptHostData(dtype: DType, data: Float32Array | Uint16Array): Storage {
   return new HostStorage(dtype, data);
+}
+
+/**
+ * Host float32 memory for `numel` elements that native code is about to overwrite entirely: a buffer of the host
+ * pool when one of that size is free (stale contents, no page faults), else fresh zeroed memory. Wrap it with
+ * {@link wrapHostFloat32} once written; disposing that tensor gives the buffer back to the pool.
+ */
+export function hostOutputFloat32(numel: number): Float32Array {
+  return hostFloat32(numel);
 }
 
 /**

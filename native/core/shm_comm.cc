@@ -1073,6 +1073,16 @@ Napi::Value ShmComm::ReduceScatter(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 7, *s);
   Descriptor desc(seq, kReduceScatter, dtype, chunk * s->size, -1, redop, dim);
   ShapeArg(info, 8, desc);
+  const size_t c1 = static_cast<size_t>(chunk);
+  const size_t ranks1 = static_cast<size_t>(s->size);
+  if (c1 <= s->SlotFloats() / ranks1 && c1 * ranks1 * sizeof(float) <= kOneRoundBytes) {
+    // One round (small): every rank writes its chunks, then reduces its own across the slots in rank order.
+    return OneRound(info.Env(), s, desc, t, [=](float* mine) {
+      for (size_t q = 0; q < ranks1; q++) std::memcpy(mine + q * c1, work + q * c1, c1 * sizeof(float));
+    }, [=](uint64_t rnd) {
+      if (c1 > 0) ReduceSlots(*s, rnd, redop, static_cast<size_t>(s->rank) * c1, c1, out);
+    }, {info[0], info[1]});
+  }
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kReduceScatter;
@@ -1142,6 +1152,18 @@ Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
   const ms t = OpTimeout(info, 5, *s);
   Descriptor desc(seq, kAllToAll, dtype, count, -1, -1, 0);
   ShapeArg(info, 6, desc);
+  const size_t ranks1 = static_cast<size_t>(s->size);
+  const size_t c1 = static_cast<size_t>(count) / ranks1;
+  if (static_cast<size_t>(count) * sizeof(float) <= kOneRoundBytes) {
+    // One round (small): block q of this rank's slot is its block for rank q; rank r reads block r of every slot.
+    return OneRound(info.Env(), s, desc, t, [=](float* mine) { std::memcpy(mine, in, c1 * ranks1 * sizeof(float)); },
+                    [=](uint64_t rnd) {
+                      for (size_t q = 0; q < ranks1 && c1 > 0; q++) {
+                        std::memcpy(out + q * c1, s->Slot(static_cast<int>(q), rnd) + static_cast<size_t>(s->rank) * c1,
+                                    c1 * sizeof(float));
+                      }
+                    }, {info[0], info[1]});
+  }
   return Enqueue(info.Env(), s, [=]() {
     const auto deadline = Clock::now() + t;
     s->current = kAllToAll;
