@@ -56,7 +56,7 @@ export interface InitOptions {
   glooIoPriority?: 'normal' | 'idle' | number;
   /**
    * Shared-memory collectives between the ranks of a group that share a host (gloo backend;
-   * lib/distributed/shm.ts): `true` / `false`; default `TPKIT_SHM` (`on` / `off`), else off for now.
+   * lib/distributed/shm.ts): `true` / `false`; default `TPKIT_SHM` (`on` / `off`), else on.
    */
   shm?: boolean;
   /** Overrides the environment (tests, embedding): see {@link readDistEnv}. */
