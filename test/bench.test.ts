@@ -6,7 +6,6 @@
  * of lib/index.ts.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -24,29 +23,14 @@ import { layerGemms } from '../bench/shapes';
 import { countOutside, loadLayerClasses } from '../bench/layers';
 import { parseProgressLine, PROGRESS_MARK } from '../bench/progress';
 import { runTorchAllReducePeer } from '../bench/peers/torch';
+import { runBench } from './helpers/spawn_collect';
 
-const ENTRY = path.join(__dirname, '..', 'bench', 'entry.js');
 const CORRUPT_FIXTURE = path.join(__dirname, 'fixtures', 'bench_corrupt.js');
 
 function tmpDir(t: { teardown(fn: () => void): void }): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tpkit-bench-test-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   return dir;
-}
-
-/** Runs `tpkit bench …` (dist/bench/entry.js) in its own process; no RANK, so it re-launches itself. */
-function bench(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
-    for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT', 'TPKIT_BENCH_RESULT', 'TPKIT_BENCH_PROGRESS']) delete childEnv[k];
-    const child = spawn(process.execPath, [ENTRY, ...args], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
 }
 
 /** Data lines of the nccl-tests table (not starting with #). */
@@ -110,7 +94,7 @@ test('the CLI rejects bad flags with exit code 2 and the flag named', async (t) 
     [['nonsense'], /unknown command 'nonsense'/],
   ];
   for (const [args, message] of cases) {
-    const r = await bench(args);
+    const r = await runBench(args);
     t.is(r.code, 2, args.join(' '));
     t.regex(r.stderr, message, args.join(' '));
   }
@@ -314,7 +298,7 @@ for (const n of [1, 2]) {
     const dir = tmpDir(t);
     const json = path.join(dir, `ar${n}.json`);
     const svg = path.join(dir, `ar${n}.svg`);
-    const r = await bench(['collectives', '--op', 'all_reduce', ...SWEEP, '--nproc', String(n), '--json', json, '--plot', svg]);
+    const r = await runBench(['collectives', '--op', 'all_reduce', ...SWEEP, '--nproc', String(n), '--json', json, '--plot', svg]);
     t.is(r.code, 0, r.stderr);
     t.false(/\[rank\d\]/.test(r.stdout.split('# Avg')[0]!), 'rank 0 lines come without the launcher prefix');
     const rows = tableRows(r.stdout);
@@ -349,7 +333,7 @@ test.serial('plot merges several JSON results: one line per world size', async (
   });
   if (files.length < 2) return t.fail('the end-to-end sweeps did not produce results');
   const out = path.join(dir, 'merged.svg');
-  const r = await bench(['plot', ...files, '--out', out]);
+  const r = await runBench(['plot', ...files, '--out', out]);
   t.is(r.code, 0, r.stderr);
   const svg = fs.readFileSync(out, 'utf8');
   t.is(wellFormedXml(svg), null);
@@ -358,7 +342,7 @@ test.serial('plot merges several JSON results: one line per world size', async (
   t.is(renderCollectivesPlot([results.get(2)!]).split('<path ').length - 1, 1);
   const bad = path.join(dir, 'bad.json');
   fs.writeFileSync(bad, '{"schema":"x"}');
-  const rb = await bench(['plot', bad, '--out', out]);
+  const rb = await runBench(['plot', bad, '--out', out]);
   t.is(rb.code, 1);
   t.regex(rb.stderr, /is not a collectives result/);
 });
@@ -366,7 +350,7 @@ test.serial('plot merges several JSON results: one line per world size', async (
 for (const n of [1, 2]) {
   test(`every collective runs and checks clean at world size ${n}`, async (t) => {
     for (const op of COLLECTIVE_NAMES) {
-      const r = await bench(['collectives', '--op', op, '-b', '8', '-e', '64K', '-f', '8', '-n', '2', '-w', '1', '--nproc', String(n), '--no-model']);
+      const r = await runBench(['collectives', '--op', op, '-b', '8', '-e', '64K', '-f', '8', '-n', '2', '-w', '1', '--nproc', String(n), '--no-model']);
       t.is(r.code, 0, `${op}: ${r.stderr}`);
       const rows = tableRows(r.stdout);
       t.true(rows.length >= 5, `${op}: ${rows.length} rows`);
@@ -382,7 +366,7 @@ for (const n of [1, 2]) {
 
 test('float16 / bfloat16 sweeps check clean, and avg/max reductions', async (t) => {
   for (const args of [['-d', 'bfloat16'], ['-d', 'float16', '--op', 'reduce_scatter'], ['-o', 'avg'], ['-o', 'max', '--op', 'reduce_scatter']]) {
-    const r = await bench(['collectives', ...args, '-b', '64', '-e', '4K', '-f', '8', '-n', '2', '-w', '1', '--nproc', '2', '--no-model']);
+    const r = await runBench(['collectives', ...args, '-b', '64', '-e', '4K', '-f', '8', '-n', '2', '-w', '1', '--nproc', '2', '--no-model']);
     t.is(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
     t.regex(r.stdout, /# Out of bounds values : 0 OK/, args.join(' '));
   }
@@ -423,7 +407,7 @@ test('layer GEMM shapes are Llama-3\'s (and split per TP rank)', (t) => {
 test('gemm: short run, exact check, schema-valid JSON', async (t) => {
   const dir = tmpDir(t);
   const json = path.join(dir, 'gemm.json');
-  const r = await bench(['gemm', '--min-size', '64', '--max-size', '256', '--models', 'none', '-n', '2', '-w', '1', '--json', json]);
+  const r = await runBench(['gemm', '--min-size', '64', '--max-size', '256', '--models', 'none', '-n', '2', '-w', '1', '--json', json]);
   t.is(r.code, 0, r.stderr);
   const result = JSON.parse(fs.readFileSync(json, 'utf8')) as { rows: { m: number; wrong: number; tflops: number }[] };
   t.deepEqual(validate(GEMM_SCHEMA, result), []);
@@ -447,7 +431,7 @@ test('layers: Column→Row block at TP 1 and 2, latency and comm share, schema-v
   }
   const dir = tmpDir(t);
   const json = path.join(dir, 'layers.json');
-  const r = await bench(['layers', '--tp', '1,2', '--hidden', '64', '--intermediate', '256', '--tokens', '1,32', '-n', '3', '-w', '1', '--json', json]);
+  const r = await runBench(['layers', '--tp', '1,2', '--hidden', '64', '--intermediate', '256', '--tokens', '1,32', '-n', '3', '-w', '1', '--json', json]);
   t.is(r.code, 0, r.stderr);
   const result = JSON.parse(fs.readFileSync(json, 'utf8')) as { rows: { tp: number; tokens: number; phase: string; commUs: number; commShare: number; wrong: number }[] };
   t.deepEqual(validate(LAYERS_SCHEMA, result), []);

@@ -5,7 +5,6 @@
  * are not importable, as on the development machine).
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -13,29 +12,16 @@ import * as path from 'node:path';
 import { benchPrompt } from '../bench/model_bench';
 import { MODEL_SCHEMA, validate, type ModelBenchResult } from '../bench/schema';
 import { writeTinyModel } from './helpers/tiny_models';
+import { runBench } from './helpers/spawn_collect';
 
-const ENTRY = path.join(__dirname, '..', 'bench', 'entry.js');
 
-function bench(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
-    for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT', 'TPKIT_BENCH_RESULT', 'TPKIT_BENCH_PROGRESS']) delete childEnv[k];
-    const child = spawn(process.execPath, [ENTRY, ...args], { env: childEnv, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 test('bench model: the prompt is (i · 7919 + 13) mod vocab', (t) => {
   t.deepEqual(benchPrompt(4, 97), [13, 7932 % 97, 15851 % 97, 23770 % 97]);
 });
 
 test('bench model: a directory without config.json exits 2 with one line', async (t) => {
-  const r = await bench(['model', '--model-dir', path.join(os.tmpdir(), 'tpkit-no-such-model'), '--tp', '1']);
+  const r = await runBench(['model', '--model-dir', path.join(os.tmpdir(), 'tpkit-no-such-model'), '--tp', '1']);
   t.is(r.code, 2);
   t.regex(r.stderr, /^tpkit bench model: \S+ has no config\.json \(run npm start once/);
   t.is(r.stderr.trim().split('\n').length, 1);
@@ -48,7 +34,7 @@ test('bench model: tiny model at TP 1 and 2, schema-valid JSON, peer reported', 
   await writeTinyModel(model, { numLayers: 2, shards: 2 });
   const json = path.join(dir, 'model.json');
   // A python that cannot import torch makes the skip path deterministic wherever the test runs.
-  const r = await bench(['model', '--model-dir', model, '--tp', '1,2', '--pp', '1', '--prompt-tokens', '5', '--new-tokens', '3', '--runs', '2', '--json', json],
+  const r = await runBench(['model', '--model-dir', model, '--tp', '1,2', '--pp', '1', '--prompt-tokens', '5', '--new-tokens', '3', '--runs', '2', '--json', json],
     { TPKIT_BENCH_PYTHON: process.env.TPKIT_TEST_HF_PYTHON ?? 'python3' });
   t.is(r.code, 0, r.stdout + r.stderr);
   const res = JSON.parse(fs.readFileSync(json, 'utf8')) as ModelBenchResult;

@@ -6,7 +6,6 @@
  * built peer is missing.
  */
 import test from 'ava';
-import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -15,23 +14,8 @@ import { peerMismatch } from '../bench/collectives_bench';
 import { MPI_PEER_OPS, mpiAvailability, mpirunArgs, mpirunEnv, runMpiPeer } from '../bench/peers/mpi';
 import { ensureNativePeer } from '../bench/peers/native';
 import { COLLECTIVES_SCHEMA, validate, type CollectivesResult } from '../bench/schema';
+import { runBench } from './helpers/spawn_collect';
 
-const ENTRY = path.join(__dirname, '..', 'bench', 'entry.js');
-
-/** Runs `tpkit bench …` (dist/bench/entry.js) in its own process; no RANK, so it re-launches itself. */
-function bench(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    for (const k of ['RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_PORT', 'TPKIT_BENCH_RESULT', 'TPKIT_BENCH_PROGRESS']) delete env[k];
-    const child = spawn(process.execPath, [ENTRY, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-  });
-}
 
 const SWEEP = { worldSize: 2, minBytes: 4096, maxBytes: 65536, stepFactor: 4, iters: 3, warmup: 1 };
 
@@ -78,7 +62,7 @@ for (const op of ['all_reduce', 'all_gather'] as const) {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tpkit-bench-mpi-test-'));
     t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
     const json = path.join(dir, `${op}.json`);
-    const r = await bench(['collectives', '--op', op, '-b', '4K', '-e', '64K', '-f', '4', '-n', '3', '-w', '1', '--nproc', '2', '--peers', 'mpi', '--no-model', '--json', json]);
+    const r = await runBench(['collectives', '--op', op, '-b', '4K', '-e', '64K', '-f', '4', '-n', '3', '-w', '1', '--nproc', '2', '--peers', 'mpi', '--no-model', '--json', json]);
     t.is(r.code, 0, r.stderr);
     t.regex(r.stdout, /# peer mpi: Open MPI v\S+ \(MPI \d\.\d\) {2}\(mpirun -np 2 .*--mca btl self,vader .*tpkit_bench_mpi --op /);
 

@@ -105,44 +105,29 @@ async function runJob(env0: NodeJS.ProcessEnv, env1: NodeJS.ProcessEnv, ownShm =
 const hostTest = skipReason === null ? test.serial : test.skip;
 const why = skipReason === null ? '' : ` (skipped: ${skipReason})`;
 
-hostTest(`two hosts, stock settings: 4 ranks all-reduce and all-gather across the veth pair${why}`, async (t) => {
-  const [n0, n1] = await runJob({}, {});
-  t.is(n0.code, 0, `${n0.out}${n0.err}`);
-  t.is(n1.code, 0, `${n1.out}${n1.err}`);
-  const all = [...n0.results, ...n1.results].sort((a, b) => a.rank - b.rank);
-  t.deepEqual(all.map((r) => r.rank), [0, 1, 2, 3]);
-  for (const r of all) {
-    t.deepEqual(r.sum, [0, 10, 20, 30]);
-    t.deepEqual(r.gathered, [0, 1, 2, 3]);
-    t.deepEqual(r.layer, TP_LAYER_REFERENCE, 'the TP layer pair across both hosts equals the plain-loop product');
-  }
-});
-
-hostTest(`two hosts, each with its own /dev/shm: Gloo TCP between the hosts, shared memory inside each, same results${why}`, async (t) => {
-  const [n0, n1] = await runJob({}, {}, true);
-  t.is(n0.code, 0, `${n0.out}${n0.err}`);
-  t.is(n1.code, 0, `${n1.out}${n1.err}`);
-  const all = [...n0.results, ...n1.results].sort((a, b) => a.rank - b.rank);
-  t.deepEqual(all.map((r) => r.rank), [0, 1, 2, 3]);
-  for (const r of all) {
-    t.deepEqual(r.sum, [0, 10, 20, 30]);
-    t.deepEqual(r.gathered, [0, 1, 2, 3]);
-    t.deepEqual(r.layer, TP_LAYER_REFERENCE);
-    // ranks 0, 1: [1, 2]·(1 + 2); ranks 2, 3: [1, 2]·(3 + 4)
-    t.deepEqual(r.localSum, r.rank < 2 ? [3, 6] : [7, 14]);
-    t.is(r.segments, 1, `rank ${r.rank}: only its host-local group maps a segment (the world spans two /dev/shm)`);
-  }
-  t.false(`${n0.err}${n1.err}`.includes('TPKIT_SHM_FALLBACK'), 'a group spanning hosts is not a fallback: no warning');
-});
-
-hostTest(`two hosts sharing one /dev/shm (namespaces of one kernel): every group uses shared memory${why}`, async (t) => {
-  const [n0, n1] = await runJob({}, {});
-  t.is(n0.code, 0, `${n0.out}${n0.err}`);
-  for (const r of [...n0.results, ...n1.results]) {
-    t.deepEqual(r.localSum, r.rank < 2 ? [3, 6] : [7, 14]);
-    t.is(r.segments, 2, `rank ${r.rank}: the world's segment and its local group's`);
-  }
-});
+// Namespaces of one kernel share /dev/shm unless each host mounts its own (as two real machines have): then the
+// world, which spans both, uses Gloo TCP, and each host-local group shared memory.
+for (const ownShm of [false, true]) {
+  const title = ownShm
+    ? 'two hosts, each with its own /dev/shm: Gloo TCP between the hosts, shared memory inside each, same results'
+    : 'two hosts, stock settings: 4 ranks all-reduce and all-gather across the veth pair (one /dev/shm: every group uses shared memory)';
+  hostTest(`${title}${why}`, async (t) => {
+    const [n0, n1] = await runJob({}, {}, ownShm);
+    t.is(n0.code, 0, `${n0.out}${n0.err}`);
+    t.is(n1.code, 0, `${n1.out}${n1.err}`);
+    const all = [...n0.results, ...n1.results].sort((a, b) => a.rank - b.rank);
+    t.deepEqual(all.map((r) => r.rank), [0, 1, 2, 3]);
+    for (const r of all) {
+      t.deepEqual(r.sum, [0, 10, 20, 30]);
+      t.deepEqual(r.gathered, [0, 1, 2, 3]);
+      t.deepEqual(r.layer, TP_LAYER_REFERENCE, 'the TP layer pair across both hosts equals the plain-loop product');
+      // ranks 0, 1: [1, 2]·(1 + 2); ranks 2, 3: [1, 2]·(3 + 4)
+      t.deepEqual(r.localSum, r.rank < 2 ? [3, 6] : [7, 14]);
+      t.is(r.segments, ownShm ? 1 : 2, ownShm ? `rank ${r.rank}: only its host-local group maps a segment` : `rank ${r.rank}: the world's segment and its local group's`);
+    }
+    t.false(`${n0.err}${n1.err}`.includes('TPKIT_SHM_FALLBACK'), 'a group spanning hosts is not a fallback: no warning');
+  });
+}
 
 hostTest(`two hosts, TPKIT_SOCKET_IFNAME names the veth interface on each node${why}`, async (t) => {
   const [n0, n1] = await runJob({ TPKIT_SOCKET_IFNAME: VETH[0] }, { TPKIT_SOCKET_IFNAME: VETH[1] });

@@ -6,10 +6,12 @@
  *
  * Needs root and util-linux's `unshare`; skipped with the reason otherwise.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 
 import test from 'ava';
+
+import { spawnCollect } from './helpers/spawn_collect';
 
 const CLI = path.join(__dirname, '..', 'lib', 'cli.js');
 const FIXTURE = path.join(__dirname, 'fixtures', 'launch_hosts.js');
@@ -21,21 +23,21 @@ function skipReason(): string | null {
   return null;
 }
 
+/** Runs `script` in a private mount namespace with `"$@"` = a 2-rank `tpkit launch` of the fixture. */
+async function launchInPrivateShm(script: string): Promise<{ code: number | null; out: string }> {
+  const r = await spawnCollect('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, CLI, 'launch', '--nproc-per-node', '2', FIXTURE], {
+    env: { ...process.env, TPKIT_SHM: '' }, timeoutMs: 60_000,
+  });
+  return { code: r.code, out: r.stdout + r.stderr };
+}
+
 const why = skipReason();
 const shmTest = why === null ? test : test.skip;
 
 shmTest(`a 1 MiB /dev/shm: Gloo TCP with one warning per rank naming the size and TPKIT_SHM, same results, nothing left${why === null ? '' : ` (skipped: ${why})`}`, async (t) => {
   // After the job, the same namespace lists what is left in its /dev/shm.
   const script = 'mount -t tmpfs -o size=1m tmpfs /dev/shm && "$@"; code=$?; echo "LEFT[$(ls -A /dev/shm | tr "\\n" " ")]"; exit $code';
-  const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, CLI, 'launch', '--nproc-per-node', '2', FIXTURE], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TPKIT_SHM: '' },
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearTimeout(timer);
+  const { code, out } = await launchInPrivateShm(script);
   t.is(code, 0, out);
   const results = out.split('\n').filter((l) => l.includes('{"rank"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { rank: number; sum: number[]; gathered: number[]; segments: number });
   t.deepEqual(results.map((r) => r.rank).sort(), [0, 1]);
@@ -64,15 +66,7 @@ shmTest(`a segment name left by a creator that died during setup is removed by t
     '"$@"; code=$?',
     'echo "LEFT[$(ls -A /dev/shm | sed -e "s/-$uid-$ns-$$-/-UID-NS-LIVE-/" -e "s/-$uid-1-$dead-/-UID-1-DEAD-/" | tr "\\n" " ")]"; exit $code',
   ].join('\n');
-  const child = spawn('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script, 'sh', process.execPath, CLI, 'launch', '--nproc-per-node', '2', FIXTURE], {
-    stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, TPKIT_SHM: '' },
-  });
-  let out = '';
-  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-  clearTimeout(timer);
+  const { code, out } = await launchInPrivateShm(script);
   t.is(code, 0, out);
   const results = out.split('\n').filter((l) => l.includes('{"rank"')).map((l) => JSON.parse(l.slice(l.indexOf('{'))) as { sum: number[]; segments: number });
   t.is(results.length, 2, out);

@@ -49,4 +49,13 @@ int64_t Args::Int(const std::string& key, int64_t fallback) const {
   return it == named.end() ? fallback : ParseSize(it->second);
 }
 
+OpStats MeanAndP50(std::vector<double> each) {
+  double sum = 0;
+  for (double e : each) sum += e;
+  std::sort(each.begin(), each.end());
+  const size_t mid = each.size() / 2;
+  const double p50 = each.empty() ? 0 : each.size() % 2 ? each[mid] : (each[mid - 1] + each[mid]) / 2;
+  return {each.empty() ? 0 : sum / static_cast<double>(each.size()), p50};
+}
+
 }  // namespace tpkit_bench

@@ -33,4 +33,11 @@ inline double NowUs() {
   return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+// The harness's two figures of a timed loop's per-op times (µs): their mean and their median (bench/harness.ts).
+struct OpStats {
+  double meanUs;
+  double p50Us;
+};
+OpStats MeanAndP50(std::vector<double> each);
+
 }  // namespace tpkit_bench

@@ -34,6 +34,8 @@
 using tpkit_bench::Args;
 using tpkit_bench::InputValue;
 using tpkit_bench::NowUs;
+using tpkit_bench::MeanAndP50;
+using tpkit_bench::OpStats;
 
 namespace {
 
@@ -172,12 +174,9 @@ int Sweep(const Args& args, const Job& job) {
         each[static_cast<size_t>(i)] = now - last;
         last = now;
       }
-      double us = 0;
-      for (double e : each) us += e;
-      us /= static_cast<double>(iters);
-      std::sort(each.begin(), each.end());
-      const size_t mid = each.size() / 2;
-      const double p50 = each.size() % 2 ? each[mid] : (each[mid - 1] + each[mid]) / 2;
+      const OpStats timed = MeanAndP50(each);
+      const double us = timed.meanUs;
+      const double p50 = timed.p50Us;
 
       // The timed loop changed the buffers (in-place sums accumulate): check on fresh inputs.
       Fill(send, job.rank);

@@ -85,4 +85,31 @@ inline std::string SplitMismatch(const std::vector<int64_t>& all, int n) {
   return bad.str();
 }
 
+// The arguments of allToAllV(input, output, rowElems, inputSplits, outputSplits, seq, dtype, …), as both
+// communicators take them: validated, with the row totals and the buffers checked against them.
+struct AllToAllVArgs {
+  int64_t rowElems, inRows, outRows, seq, dtype;
+  std::vector<int64_t> inSplits, outSplits;
+  float* in;
+  float* out;
+};
+inline AllToAllVArgs ReadAllToAllV(const Napi::CallbackInfo& info, int n, int64_t maxCount) {
+  AllToAllVArgs a{};
+  a.rowElems = IntArg(info, 2, "rowElems", 0, maxCount);
+  a.inSplits = SplitArg(info, 3, "inputSplitSizes", n, maxCount);
+  a.outSplits = SplitArg(info, 4, "outputSplitSizes", n, maxCount);
+  for (int r = 0; r < n; r++) {
+    a.inRows += a.inSplits[static_cast<size_t>(r)];
+    a.outRows += a.outSplits[static_cast<size_t>(r)];
+  }
+  if (a.inRows * a.rowElems > maxCount || a.outRows * a.rowElems > maxCount) {
+    throw Napi::RangeError::New(info.Env(), "allToAllV is too large");
+  }
+  a.in = F32Data(info[0], static_cast<size_t>(a.inRows * a.rowElems), "input");
+  a.out = F32Data(info[1], static_cast<size_t>(a.outRows * a.rowElems), "output");
+  a.seq = IntArg(info, 5, "seq", 0, int64_t{1} << 31);
+  a.dtype = IntArg(info, 6, "dtype", 0, 2);
+  return a;
+}
+
 }  // namespace tpkit

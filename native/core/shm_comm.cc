@@ -1195,21 +1195,12 @@ Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
 Napi::Value ShmComm::AllToAllV(const Napi::CallbackInfo& info) {
   auto s = state_;
   const int n = s->size;
-  const int64_t rowElems = IntArg(info, 2, "rowElems", 0, kMaxCount);
-  const std::vector<int64_t> inSplits = SplitArg(info, 3, "inputSplitSizes", n, kMaxCount);
-  const std::vector<int64_t> outSplits = SplitArg(info, 4, "outputSplitSizes", n, kMaxCount);
-  int64_t inRows = 0, outRows = 0;
-  for (int r = 0; r < n; r++) {
-    inRows += inSplits[static_cast<size_t>(r)];
-    outRows += outSplits[static_cast<size_t>(r)];
-  }
-  if (inRows * rowElems > kMaxCount || outRows * rowElems > kMaxCount) {
-    throw Napi::RangeError::New(info.Env(), "allToAllV is too large");
-  }
-  float* in = F32Data(info[0], static_cast<size_t>(inRows * rowElems), "input");
-  float* out = F32Data(info[1], static_cast<size_t>(outRows * rowElems), "output");
-  const int64_t seq = IntArg(info, 5, "seq", 0, int64_t{1} << 31);
-  const int64_t dtype = IntArg(info, 6, "dtype", 0, 2);
+  const AllToAllVArgs a = ReadAllToAllV(info, n, kMaxCount);
+  const int64_t rowElems = a.rowElems, seq = a.seq, dtype = a.dtype;
+  const std::vector<int64_t>& inSplits = a.inSplits;
+  const std::vector<int64_t>& outSplits = a.outSplits;
+  float* in = a.in;
+  float* out = a.out;
   const ms t = OpTimeout(info, 7, *s);
   const Descriptor desc(seq, kAllToAllV, dtype, rowElems, -1, -1, 0);
   return Enqueue(info.Env(), s, [=]() {
