@@ -50,12 +50,14 @@ for (const [mode, world, victim] of CASES) {
         ? `initDistributed: rank ${r} of ${world} waited ${TIMEOUT_MS} ms for rank ${victim} to connect \\(every rank published its address\\): `
         : `initDistributed: rank ${r} of ${world} lost rank ${victim} during the rendezvous \\(rank ${victim} lost: connection closed without goodbye\\): `;
       t.regex(e.message, new RegExp(`^${head}${native}`), `rank ${r}`);
-      // Before: up to 5 timeouts (Gloo's pair connect wait), 15.0–15.9 s here.
-      t.true(res.ms < TIMEOUT_MS + 2000, `rank ${r} settled after ${res.ms} ms`);
+      // Before: up to 5 timeouts (Gloo's pair connect wait), 15.0–15.9 s here; after, 3.04–3.26 s on this machine.
+      // The margin covers the join (store connection, addon loading) on a loaded 2-core CI machine under coverage,
+      // where joining alone was seen to take 6 s; it stays well below the 15 s this test guards against.
+      t.true(res.ms < TIMEOUT_MS + 6000, `rank ${r} settled after ${res.ms} ms`);
       if (mode === 'stop') t.true(res.ms >= TIMEOUT_MS, `rank ${r} settled after ${res.ms} ms, before its timeout`);
       const rank = out.ranks[r]!;
       t.is(rank.exit?.code, 0, `rank ${r} exit`);
-      if (rank.exit && rank.doneAt !== undefined) t.true(rank.exit.at - rank.doneAt <= 2000, `rank ${r} took ${rank.exit.at - rank.doneAt} ms to exit`);
+      if (rank.exit && rank.doneAt !== undefined) t.true(rank.exit.at - rank.doneAt <= 5000, `rank ${r} took ${rank.exit.at - rank.doneAt} ms to exit`);
     }
   });
 }
