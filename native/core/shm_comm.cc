@@ -1075,8 +1075,9 @@ Napi::Value ShmComm::ReduceScatter(const Napi::CallbackInfo& info) {
   ShapeArg(info, 8, desc);
   const size_t c1 = static_cast<size_t>(chunk);
   const size_t ranks1 = static_cast<size_t>(s->size);
-  if (c1 <= s->SlotFloats() / ranks1 && c1 * ranks1 * sizeof(float) <= kOneRoundBytes) {
-    // One round (small): every rank writes its chunks, then reduces its own across the slots in rank order.
+  if (c1 <= s->SlotFloats() / ranks1) {
+    // One round (every chunk fits a slot piece): every rank writes its chunks, then reduces its own across the
+    // slots in rank order.
     return OneRound(info.Env(), s, desc, t, [=](float* mine) {
       for (size_t q = 0; q < ranks1; q++) std::memcpy(mine + q * c1, work + q * c1, c1 * sizeof(float));
     }, [=](uint64_t rnd) {
@@ -1154,8 +1155,9 @@ Napi::Value ShmComm::AllToAll(const Napi::CallbackInfo& info) {
   ShapeArg(info, 6, desc);
   const size_t ranks1 = static_cast<size_t>(s->size);
   const size_t c1 = static_cast<size_t>(count) / ranks1;
-  if (static_cast<size_t>(count) * sizeof(float) <= kOneRoundBytes) {
-    // One round (small): block q of this rank's slot is its block for rank q; rank r reads block r of every slot.
+  if (c1 <= s->SlotFloats() / ranks1) {
+    // One round (every block fits a slot piece): block q of this rank's slot is its block for rank q; rank r reads
+    // block r of every slot.
     return OneRound(info.Env(), s, desc, t, [=](float* mine) { std::memcpy(mine, in, c1 * ranks1 * sizeof(float)); },
                     [=](uint64_t rnd) {
                       for (size_t q = 0; q < ranks1 && c1 > 0; q++) {
