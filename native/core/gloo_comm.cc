@@ -32,6 +32,7 @@
 #endif
 
 #include "async_work.h"
+#include "collective_desc.h"
 #include "comm_job.h"
 #include "js_store.h"
 
@@ -44,50 +45,6 @@ constexpr int64_t kMaxCount = int64_t{1} << 40;
 // Tag of the barrier that ends a rendezvous; collectives use tags 2·seq and 2·seq + 1 for seq < 2^31 - 1.
 constexpr uint32_t kConnectBarrierTag = 0xFFFFFFFFu;
 
-enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
-const char* OpName(int64_t op) {
-  switch (op) {
-    case kAllReduce: return "allReduce";
-    case kAllGather: return "allGather";
-    case kReduceScatter: return "reduceScatter";
-    case kBroadcast: return "broadcast";
-    case kAllToAll: return "allToAll";
-    case kBarrier: return "barrier";
-    case kAllToAllV: return "allToAllV";
-    default: return "unknown";
-  }
-}
-const char* DtypeName(int64_t d) {
-  switch (d) {
-    case 0: return "float32";
-    case 1: return "float16";
-    case 2: return "bfloat16";
-    default: return "unknown";
-  }
-}
-const char* RedopName(int64_t r) {
-  switch (r) {
-    case 0: return "sum";
-    case 1: return "prod";
-    case 2: return "max";
-    case 3: return "min";
-    case 4: return "avg";
-    default: return "-";
-  }
-}
-
-// What every rank must agree on before data moves: everything the op's result depends on. `ndim`/`dims`: the
-// tensor's shape, for the ops whose result depends on it beyond the element count (all-gather along a dim,
-// reduce-scatter along a dim, all-to-all of rows); 0 (no shape) for the elementwise ones.
-constexpr int kMaxDims = 8;
-struct Descriptor {
-  int64_t seq, op, dtype, count, root, redop, dim;
-  int64_t ndim;
-  int64_t dims[kMaxDims];
-  Descriptor() = default;  // trivial: blocks are copied in and out with memcpy
-  Descriptor(int64_t seq_, int64_t op_, int64_t dtype_, int64_t count_, int64_t root_, int64_t redop_, int64_t dim_)
-      : seq(seq_), op(op_), dtype(dtype_), count(count_), root(root_), redop(redop_), dim(dim_), ndim(0), dims{} {}
-};
 constexpr size_t kDescWords = sizeof(Descriptor) / sizeof(int64_t);
 // Collectives whose data (per rank: all-reduce, all-gather, broadcast, all-to-all and reduce-scatter inputs) is
 // at most this many elements travel inside the descriptor exchange (16 KiB: one token's activation of a
@@ -98,21 +55,6 @@ constexpr size_t kInlineFloats = 4096;
 constexpr size_t kInlineTotalFloats = 65536;
 size_t InlineFloatsFor(int size) {
   return std::min(kInlineFloats, (kInlineTotalFloats / static_cast<size_t>(std::max(size, 1))) & ~size_t{1});
-}
-
-std::string Describe(const Descriptor& d) {
-  std::ostringstream s;
-  s << OpName(d.op) << "(seq " << d.seq << ", " << DtypeName(d.dtype) << ", count " << d.count;
-  if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
-  if (d.op == kBroadcast) s << ", root " << d.root;
-  if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
-  if (d.ndim > 0 && d.ndim <= kMaxDims) {
-    s << ", shape [";
-    for (int64_t i = 0; i < d.ndim; i++) s << (i ? ", " : "") << d.dims[i];
-    s << "]";
-  }
-  s << ")";
-  return s.str();
 }
 
 gloo::AllreduceOptions::Func ReduceFn(int64_t redop) {
@@ -469,14 +411,11 @@ struct GlooState {
         if (std::memcmp(exchangeOut.data() + blockWords * r, &mine, sizeof(Descriptor)) != 0) same = false;
       }
       if (!same) {
-        std::ostringstream s;
-        s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank << "): ";
-        for (int r = 0; r < size; r++) {
+        throw DescriptorMismatch(mine.seq, rank, size, [&](int r) {
           Descriptor d;
           std::memcpy(&d, exchangeOut.data() + blockWords * r, sizeof(Descriptor));
-          s << (r ? "; " : "") << "rank " << r << ": " << Describe(d);
-        }
-        throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+          return d;
+        });
       }
     }
     if (payload == nullptr) return nullptr;
@@ -523,14 +462,9 @@ struct GlooState {
       if (exchangeOut[capWords * q] != mine.op || exchangeOut[capWords * q + 1] != mine.count) same = false;
     }
     if (!same) {
-      std::ostringstream s;
-      s << "collective mismatch at sequence number " << mine.seq << " (seen by rank " << rank
-        << "): operations or element counts differ across ranks (TPKIT_CHECK=off): ";
-      for (int q = 0; q < size; q++) {
-        s << (q ? "; " : "") << "rank " << q << ": " << OpName(exchangeOut[capWords * q]) << " of "
-          << exchangeOut[capWords * q + 1] << " elements";
-      }
-      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+      throw OpCountMismatch(mine.seq, rank, size, [&](int q) {
+        return std::make_pair(exchangeOut[capWords * q], exchangeOut[capWords * q + 1]);
+      });
     }
     if (payload == nullptr) return nullptr;
     if (stride != nullptr) *stride = capWords * 2;
@@ -673,22 +607,6 @@ class P2PWait {
   gloo::transport::UnboundBuffer* b_;
 };
 
-// Reads the optional shape argument `i` (at most kMaxDims non-negative integers) into the descriptor.
-void ShapeArg(const Napi::CallbackInfo& info, size_t i, Descriptor& d) {
-  if (i >= info.Length() || info[i].IsUndefined()) return;
-  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), "Expected array for shape");
-  auto a = info[i].As<Napi::Array>();
-  if (a.Length() > kMaxDims) throw Napi::RangeError::New(info.Env(), "Expected at most 8 dimensions for shape");
-  d.ndim = a.Length();
-  for (uint32_t k = 0; k < a.Length(); k++) {
-    Napi::Value v = a.Get(k);
-    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > static_cast<double>(kMaxCount)) {
-      throw Napi::RangeError::New(info.Env(), "Expected non-negative integers for shape");
-    }
-    d.dims[k] = static_cast<int64_t>(x);
-  }
-}
 
 ms OpTimeout(const Napi::CallbackInfo& info, size_t i, const GlooState& s) {
   if (i < info.Length() && info[i].IsNumber()) return ms(IntArg(info, i, "timeoutMs", 1, int64_t{1} << 40));

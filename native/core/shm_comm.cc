@@ -33,6 +33,7 @@
 #endif
 
 #include "async_work.h"
+#include "collective_desc.h"
 #include "comm_job.h"
 
 namespace tpkit {
@@ -62,65 +63,6 @@ constexpr auto kInlineSpin = std::chrono::microseconds(40);
 // over: a thread hand-off and its two wake-ups cost ≈ 100–250 µs here, and a rank that pays them arrives late at
 // the next op, so that its peers pay them in turn (measured: 250 µs per 16 KiB all-reduce without polling).
 constexpr auto kPollBudget = std::chrono::microseconds(1000);
-
-enum Op : int64_t { kAllReduce = 1, kAllGather, kReduceScatter, kBroadcast, kAllToAll, kBarrier, kAllToAllV };
-const char* OpName(int64_t op) {
-  switch (op) {
-    case kAllReduce: return "allReduce";
-    case kAllGather: return "allGather";
-    case kReduceScatter: return "reduceScatter";
-    case kBroadcast: return "broadcast";
-    case kAllToAll: return "allToAll";
-    case kBarrier: return "barrier";
-    case kAllToAllV: return "allToAllV";
-    default: return "unknown";
-  }
-}
-const char* RedopName(int64_t r) {
-  switch (r) {
-    case 0: return "sum";
-    case 1: return "prod";
-    case 2: return "max";
-    case 3: return "min";
-    case 4: return "avg";
-    default: return "-";
-  }
-}
-const char* DtypeName(int64_t d) {
-  switch (d) {
-    case 0: return "float32";
-    case 1: return "float16";
-    case 2: return "bfloat16";
-    default: return "unknown";
-  }
-}
-
-// What every rank must agree on before data moves (as GlooComm's descriptor): `ndim`/`dims` is the input's
-// shape for the ops whose result depends on it beyond the element count (all-gather, reduce-scatter, all-to-all).
-constexpr int kMaxDims = 8;
-struct Descriptor {
-  int64_t seq, op, dtype, count, root, redop, dim;
-  int64_t ndim;
-  int64_t dims[kMaxDims];
-  Descriptor() = default;
-  Descriptor(int64_t seq_, int64_t op_, int64_t dtype_, int64_t count_, int64_t root_, int64_t redop_, int64_t dim_)
-      : seq(seq_), op(op_), dtype(dtype_), count(count_), root(root_), redop(redop_), dim(dim_), ndim(0), dims{} {}
-};
-
-std::string Describe(const Descriptor& d) {
-  std::ostringstream s;
-  s << OpName(d.op) << "(seq " << d.seq << ", " << DtypeName(d.dtype) << ", count " << d.count;
-  if (d.op == kAllReduce || d.op == kReduceScatter) s << ", op " << RedopName(d.redop);
-  if (d.op == kBroadcast) s << ", root " << d.root;
-  if (d.op == kAllGather || d.op == kReduceScatter) s << ", dim " << d.dim;
-  if (d.ndim > 0 && d.ndim <= kMaxDims) {
-    s << ", shape [";
-    for (int64_t i = 0; i < d.ndim; i++) s << (i ? ", " : "") << d.dims[i];
-    s << "]";
-  }
-  s << ")";
-  return s.str();
-}
 
 // Segment layout. The header and every control line sit on cache lines of their own.
 struct alignas(64) Header {
@@ -648,27 +590,18 @@ struct ShmState {
       const Descriptor& d = ControlOf(q)->desc[rnd & 1];
       if (check ? std::memcmp(&d, desc, sizeof(Descriptor)) != 0 : (d.op != desc->op || d.count != desc->count)) same = false;
     }
-    if (!same && !check) {
-      // TPKIT_CHECK=off: only (op, element count) are compared, reported as GlooComm reports them.
-      std::ostringstream s;
-      s << "collective mismatch at sequence number " << desc->seq << " (seen by rank " << rank
-        << "): operations or element counts differ across ranks (TPKIT_CHECK=off): ";
-      for (int q = 0; q < size; q++) {
+    if (same) return;
+    if (!check) {
+      throw OpCountMismatch(desc->seq, rank, size, [&](int q) {
         const Descriptor& d = ControlOf(q)->desc[rnd & 1];
-        s << (q ? "; " : "") << "rank " << q << ": " << OpName(d.op) << " of " << d.count << " elements";
-      }
-      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
+        return std::make_pair(d.op, d.count);
+      });
     }
-    if (!same) {
-      std::ostringstream s;
-      s << "collective mismatch at sequence number " << desc->seq << " (seen by rank " << rank << "): ";
-      for (int q = 0; q < size; q++) {
-        Descriptor d;
-        std::memcpy(&d, &ControlOf(q)->desc[rnd & 1], sizeof(Descriptor));
-        s << (q ? "; " : "") << "rank " << q << ": " << Describe(d);
-      }
-      throw CodedError{"COLLECTIVE_MISMATCH", s.str()};
-    }
+    throw DescriptorMismatch(desc->seq, rank, size, [&](int q) {
+      Descriptor d;
+      std::memcpy(&d, &ControlOf(q)->desc[rnd & 1], sizeof(Descriptor));
+      return d;
+    });
   }
   int64_t current = 0;  // the op running (for messages)
   bool check = true;    // false with TPKIT_CHECK=off: only (op, element count) are compared
@@ -789,22 +722,6 @@ std::string PathArg(const Napi::CallbackInfo& info) {
   return info[0].As<Napi::String>().Utf8Value();
 }
 
-// Reads the optional shape argument `i` (at most kMaxDims non-negative integers) into the descriptor.
-void ShapeArg(const Napi::CallbackInfo& info, size_t i, Descriptor& d) {
-  if (i >= info.Length() || info[i].IsUndefined()) return;
-  if (!info[i].IsArray()) throw Napi::TypeError::New(info.Env(), "Expected array for shape");
-  auto a = info[i].As<Napi::Array>();
-  if (a.Length() > kMaxDims) throw Napi::RangeError::New(info.Env(), "Expected at most 8 dimensions for shape");
-  d.ndim = a.Length();
-  for (uint32_t k = 0; k < a.Length(); k++) {
-    Napi::Value v = a.Get(k);
-    const double x = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1.0;
-    if (!(x >= 0) || x != static_cast<double>(static_cast<int64_t>(x)) || x > static_cast<double>(kMaxCount)) {
-      throw Napi::RangeError::New(info.Env(), "Expected non-negative integers for shape");
-    }
-    d.dims[k] = static_cast<int64_t>(x);
-  }
-}
 
 Napi::Error SetupError(Napi::Env env, const std::string& message) {
   return MakeTpkitError(env, "SHM_UNAVAILABLE", message, "gloo");
