@@ -11,8 +11,11 @@
  * @internal
  */
 import type { NativeDeviceBuffer } from '../native/cuda';
-import { HostStorage, cpuOps, hostFloat32 } from './cpu';
+import { HostStorage, cpuOps } from './cpu';
 import type { DType, Device, DeviceOps, Storage } from './types';
+
+/** For results native code overwrites entirely (collective outputs): see {@link wrapHostFloat32}. */
+export { hostFloat32 } from './cpu';
 
 type CudaModule = typeof import('./cuda');
 let cuda: CudaModule | undefined;
@@ -52,15 +55,6 @@ export function hostDataOf(storage: Storage): Float32Array | Uint16Array {
  */
 export function adoptHostData(dtype: DType, data: Float32Array | Uint16Array): Storage {
   return new HostStorage(dtype, data);
-}
-
-/**
- * Host float32 memory for `numel` elements that native code is about to overwrite entirely: a buffer of the host
- * pool when one of that size is free (stale contents, no page faults), else fresh zeroed memory. Wrap it with
- * {@link wrapHostFloat32} once written; disposing that tensor gives the buffer back to the pool.
- */
-export function hostOutputFloat32(numel: number): Float32Array {
-  return hostFloat32(numel);
 }
 
 /**

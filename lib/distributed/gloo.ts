@@ -8,7 +8,7 @@
  * @internal
  */
 import { loadCore, type NativeCollectives, type NativeGlooComm, type NativeShmComm } from '../native';
-import { hostFloat32Of, hostOutputFloat32, wrapHostFloat32 } from '../backend/index';
+import { hostFloat32, hostFloat32Of, wrapHostFloat32 } from '../backend/index';
 import { hostWork } from '../backend/host_pool';
 import { DTYPE_CODE } from '../backend/types';
 import { Tensor } from '../tensor';
@@ -99,11 +99,6 @@ export class GlooCommunicator implements Communicator {
     }
   }
 
-  /** Whether this group's collectives go through shared memory. */
-  get sharedMemory(): boolean {
-    return this.shm !== null;
-  }
-
   /**
    * Awaits a collective. Over shared memory, a one-round op whose peers were not there within its short spin is
    * polled from the following turns of the event loop first (NativeShmComm.poll: at most 1 ms, yielding the CPU
@@ -131,7 +126,7 @@ export class GlooCommunicator implements Communicator {
   allGather(t: Tensor, dim: number, ctx: OpContext): Promise<Tensor> {
     return hostWork(async () => {
       const { buf } = await stage(t);
-      const out = hostOutputFloat32(buf.length * this.size);
+      const out = hostFloat32(buf.length * this.size);
       await this.settled(this.ops.allGather(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], dim, ctx.timeoutMs, ctx.shape));
       return like(t, out, [this.size, ...t.shape]);
     });
@@ -143,7 +138,7 @@ export class GlooCommunicator implements Communicator {
       // else in a private float32 copy. Shared memory only reads it.
       const buf = (scratch || this.shm ? hostF32(work) : null) ?? (await work.toFloat32Array());
       const chunk = buf.length / this.size;
-      const out = hostOutputFloat32(chunk);
+      const out = hostFloat32(chunk);
       await this.settled(this.ops.reduceScatter(buf, out, chunk, redop, ctx.seq, DTYPE_CODE[work.dtype], dim, ctx.timeoutMs, ctx.shape));
       return like(work, out, [chunk]);
     });
@@ -160,7 +155,7 @@ export class GlooCommunicator implements Communicator {
   allToAll(t: Tensor, ctx: OpContext): Promise<Tensor> {
     return hostWork(async () => {
       const { buf } = await stage(t);
-      const out = hostOutputFloat32(buf.length);
+      const out = hostFloat32(buf.length);
       await this.settled(this.ops.allToAll(buf, out, buf.length, ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs, ctx.shape));
       return like(t, out, t.shape);
     });
@@ -172,7 +167,7 @@ export class GlooCommunicator implements Communicator {
       const { buf } = await stage(t);
       const rowElems = t.shape.slice(1).reduce((a, b) => a * b, 1);
       const outRows = outputSplits.reduce((a, b) => a + b, 0);
-      const out = hostOutputFloat32(outRows * rowElems);
+      const out = hostFloat32(outRows * rowElems);
       await this.ops.allToAllV(buf, out, rowElems, inputSplits.slice(), outputSplits.slice(), ctx.seq, DTYPE_CODE[t.dtype], ctx.timeoutMs);
       return like(t, out, [outRows, ...t.shape.slice(1)]);
     });
