@@ -114,8 +114,8 @@ const dec = (b: Buffer): Record<string, unknown> => JSON.parse(b.toString()) as 
  * Sets up the group's segment (see the module doc). Every rank of the group calls it. `check`: false with
  * TPKIT_CHECK=off (only op and element count are compared before data moves, as on Gloo).
  *
- * @returns the started native communicator (same operations as Gloo's), or null when the group uses Gloo TCP (a rank does not want it, the ranks do not share
- *   a host, or the segment could not be set up: then one warning)
+ * @returns the started native communicator (the same operations as Gloo's), or null when the group uses Gloo TCP
+ *   (a rank does not want it, the ranks do not share a host, or the segment could not be set up: then one warning)
  * @throws TpkitError `TIMEOUT` when a rank does not report within `timeoutMs` of the call (one deadline for every step)
  */
 export async function connectShm(rank: number, size: number, store: RendezvousStore, timeoutMs: number, check: boolean, wanted: boolean): Promise<NativeShmComm | null> {
@@ -134,8 +134,7 @@ export async function connectShm(rank: number, size: number, store: RendezvousSt
   let failure: string | null = null;
   try {
     if (rank === 0) {
-      const uid = os.userInfo().uid;
-      const pidNs = facts!.pidNs;
+      const { uid, pidNs } = facts!;
       removeStaleSegments(uid, pidNs);
       path = `${SHM_DIR}/tpkit-${uid}-${pidNs}-${process.pid}-${crypto.randomBytes(8).toString('hex')}`;
       try {
